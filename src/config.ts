@@ -1,0 +1,106 @@
+/**
+ * Configuration: the only place that reads the environment. Every value has a
+ * default here; a bad value throws a ConfigError naming the variable, and
+ * main.ts turns that into a clean exit.
+ */
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent'
+
+export interface Config {
+  port: number
+  host: string
+  /** Seconds between server pings. */
+  heartbeatInterval: number
+  /** Seconds of silence (no message, no pong) before a connection is closed. */
+  connectionTimeout: number
+  /** Largest accepted WebSocket frame, bytes; larger frames close with 1009. */
+  maxMessageSize: number
+  logLevel: LogLevel
+  logFormat: 'json' | 'pretty'
+  /** SQLite file; ':memory:' keeps everything in memory (tests). */
+  dbPath: string
+  /** Entries kept per collection stream. */
+  historyMaxPerCollection: number
+  /** Seconds a stream entry is kept. */
+  historyTtl: number
+  /** Seconds between retention passes. */
+  historyPruneInterval: number
+}
+
+export type Env = Record<string, string | undefined>
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`)
+    this.name = 'ConfigError'
+  }
+}
+
+function read(env: Env, name: string): string | undefined {
+  const raw = env[name]
+  if (raw === undefined) return undefined
+  const trimmed = raw.trim()
+  return trimmed === '' ? undefined : trimmed
+}
+
+function number(
+  env: Env,
+  name: string,
+  fallback: number,
+  opts: { min: number; max: number; integer?: boolean },
+): number {
+  const raw = read(env, name)
+  if (raw === undefined) return fallback
+  const value = Number(raw)
+  if (!Number.isFinite(value)) throw new ConfigError(name, `expected a number, got "${raw}"`)
+  if (opts.integer && !Number.isInteger(value))
+    throw new ConfigError(name, `expected a whole number, got "${raw}"`)
+  if (value < opts.min || value > opts.max)
+    throw new ConfigError(name, `expected ${opts.min}..${opts.max}, got ${value}`)
+  return value
+}
+
+function oneOf<T extends string>(env: Env, name: string, fallback: T, allowed: readonly T[]): T {
+  const raw = read(env, name)
+  if (raw === undefined) return fallback
+  const value = raw.toLowerCase() as T
+  if (!allowed.includes(value))
+    throw new ConfigError(name, `expected one of ${allowed.join(', ')}, got "${raw}"`)
+  return value
+}
+
+const DAY = 24 * 60 * 60
+
+export function loadConfig(env: Env): Config {
+  const heartbeatInterval = number(env, 'HEARTBEAT_INTERVAL', 30, { min: 0.05, max: 3600 })
+  const connectionTimeout = number(env, 'CONNECTION_TIMEOUT', 60, { min: 0.1, max: 86400 })
+  if (connectionTimeout <= heartbeatInterval)
+    throw new ConfigError(
+      'CONNECTION_TIMEOUT',
+      `must be longer than HEARTBEAT_INTERVAL (${heartbeatInterval} s), got ${connectionTimeout} s`,
+    )
+  return {
+    port: number(env, 'SOCKET_PORT', 3000, { min: 0, max: 65535, integer: true }),
+    host: read(env, 'HOST') ?? '0.0.0.0',
+    heartbeatInterval,
+    connectionTimeout,
+    maxMessageSize: number(env, 'MAX_MESSAGE_SIZE', 64 * 1024, {
+      min: 1024,
+      max: 16 * 1024 * 1024,
+      integer: true,
+    }),
+    logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error', 'silent']),
+    logFormat: oneOf(env, 'LOG_FORMAT', 'json', ['json', 'pretty']),
+    dbPath: read(env, 'DB_PATH') ?? './data/realtime.db',
+    historyMaxPerCollection: number(env, 'HISTORY_MAX_PER_COLLECTION', 10_000, {
+      min: 1,
+      max: 100_000_000,
+      integer: true,
+    }),
+    historyTtl: number(env, 'HISTORY_TTL', DAY, { min: 1, max: 365 * DAY }),
+    historyPruneInterval: number(env, 'HISTORY_PRUNE_INTERVAL', 60, { min: 0.05, max: DAY }),
+  }
+}

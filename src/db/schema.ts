@@ -1,0 +1,58 @@
+import { sql } from 'drizzle-orm'
+import { index, integer, primaryKey, sqliteTable, text } from 'drizzle-orm/sqlite-core'
+
+/** Key/value facts about the store itself; `epoch` names the history stream. */
+export const meta = sqliteTable('meta', {
+  key: text('key').primaryKey(),
+  value: text('value').notNull(),
+})
+
+/** The last offset handed out per collection; outlives pruned entries so offsets never repeat. */
+export const streams = sqliteTable('streams', {
+  collection: text('collection').primaryKey(),
+  head: integer('head').notNull(),
+})
+
+/** Every message published on a collection, numbered by `offset` (1, 2, 3 … per collection). */
+export const streamEntries = sqliteTable(
+  'stream_entries',
+  {
+    collection: text('collection').notNull(),
+    offset: integer('offset').notNull(),
+    /** null for a message on the collection channel itself */
+    document: text('document'),
+    /** the version an op/create/del was applied at; null for messages */
+    v: integer('v'),
+    kind: text('kind', { enum: ['op', 'create', 'del', 'message'] }).notNull(),
+    /** JSON of the op list, the created snapshot, or the broadcast message */
+    payload: text('payload').notNull(),
+    source: text('source', { enum: ['client', 'server'] }).notNull(),
+    src: text('src'),
+    seq: integer('seq'),
+    /** ms since the epoch */
+    createdAt: integer('created_at').notNull(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.collection, table.offset] }),
+    index('stream_entries_document').on(table.collection, table.document, table.offset),
+    index('stream_entries_src_seq').on(table.src, table.seq).where(sql`${table.src} IS NOT NULL`),
+    index('stream_entries_created').on(table.createdAt),
+  ],
+)
+
+/** Current state of every document that has a version (snapshot only when created through us). */
+export const documents = sqliteTable(
+  'documents',
+  {
+    collection: text('collection').notNull(),
+    id: text('id').notNull(),
+    v: integer('v').notNull(),
+    /** 'json0' while a snapshot is held; null for external or deleted documents */
+    type: text('type'),
+    /** JSON of the snapshot, or null */
+    data: text('data'),
+    deleted: integer('deleted', { mode: 'boolean' }).notNull().default(false),
+    updatedAt: integer('updated_at').notNull(),
+  },
+  (table) => [primaryKey({ columns: [table.collection, table.id] })],
+)

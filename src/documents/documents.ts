@@ -1,0 +1,192 @@
+import { badRequest, ErrorCode, ProtocolError } from '../protocol/errors.ts'
+import type { Batch, CommitQueue, Settle } from '../streams/commit-queue.ts'
+import type { EntrySource, StreamEntry } from '../streams/entry.ts'
+import type { StreamStore } from '../streams/stream-store.ts'
+import type { DocumentState, DocumentStore } from './document-store.ts'
+import { applyOp, type Json0Op, normalizeOp, type OpComponent, transformOp } from './json0.ts'
+
+/** One write to a document: exactly one of `op`, `create`, `del`. */
+export interface SubmitRequest {
+  collection: string
+  document: string
+  /** The version the writer saw; omitted means "the current one". */
+  v?: number
+  op?: readonly OpComponent[]
+  create?: { type?: 'json0'; data: unknown }
+  del?: true
+  src?: string
+  seq?: number
+  source: EntrySource
+  /** Connection ids that must not be sent the op live (the submitter). */
+  exclude?: readonly string[]
+}
+
+export interface SubmitResult {
+  /** The version the op was applied at (the document is now v + 1). */
+  v: number
+  offset: number
+  /** True when src+seq matched an earlier submit: acked again, not re-applied. */
+  duplicate?: boolean
+}
+
+export interface Snapshot {
+  v: number
+  data: unknown
+}
+
+const conflict = (message: string, v: number) =>
+  new ProtocolError(ErrorCode.Conflict, message, { v })
+
+/**
+ * Versioned documents (ShareDB semantics). Every write runs inside the commit
+ * queue's transaction, so it sees the writes batched before it, and is
+ * stored, then fanned out, then acknowledged.
+ */
+export class Documents {
+  constructor(
+    private readonly queue: CommitQueue,
+    private readonly streams: StreamStore,
+    private readonly store: DocumentStore,
+  ) {}
+
+  /**
+   * Queues a write; `settle` is called synchronously right after the write
+   * is fanned out (so a socket ack keeps its place in the stream), or at once
+   * for a request refused before it reaches the queue.
+   */
+  submit(request: SubmitRequest, settle: Settle<SubmitResult>): void {
+    let op: Json0Op | undefined
+    try {
+      const kinds = [request.op, request.create, request.del].filter((x) => x !== undefined).length
+      if (kinds !== 1)
+        throw badRequest('a submit needs exactly one of op, create, del', { field: 'op' })
+      if (request.create && request.create.data === undefined)
+        throw badRequest('create needs data', { field: 'create.data' })
+      op = request.op ? normalizeOp(request.op) : undefined
+    } catch (error) {
+      settle(error as ProtocolError, undefined)
+      return
+    }
+    this.queue.submit((batch) => this.write(batch, request, op), settle)
+  }
+
+  /** `submit` as a promise (REST publishes). */
+  publish(request: SubmitRequest): Promise<SubmitResult> {
+    return new Promise((resolve, reject) =>
+      this.submit(request, (error, result) =>
+        error ? reject(error) : resolve(result as SubmitResult),
+      ),
+    )
+  }
+
+  private write(
+    batch: Batch,
+    request: SubmitRequest,
+    normalized: Json0Op | undefined,
+  ): SubmitResult {
+    const { collection, document } = request
+    if (request.src !== undefined && request.seq !== undefined) {
+      const earlier = this.streams.findBySrcSeq(request.src, request.seq)
+      if (earlier && earlier.collection === collection && earlier.document === document)
+        return { v: earlier.v ?? 0, offset: earlier.offset, duplicate: true }
+    }
+    const state: DocumentState = this.store.get(collection, document) ?? {
+      collection,
+      id: document,
+      v: 0,
+      type: null,
+      data: null,
+      deleted: false,
+    }
+    const base = request.v ?? state.v
+    if (base > state.v)
+      throw conflict(`version ${base} is ahead of the document (v ${state.v})`, state.v)
+    const missed = base < state.v ? this.missedChanges(collection, document, base, state.v) : []
+
+    let next: DocumentState
+    let kind: 'op' | 'create' | 'del'
+    let payload: unknown
+    if (request.create) {
+      if (state.type !== null) throw conflict('document already exists', state.v)
+      kind = 'create'
+      payload = { type: 'json0', data: request.create.data }
+      next = { ...state, v: state.v + 1, type: 'json0', data: request.create.data, deleted: false }
+    } else if (request.del) {
+      if (state.type === null)
+        throw new ProtocolError(ErrorCode.NotFound, 'no snapshot of this document to delete', {
+          v: state.v,
+        })
+      kind = 'del'
+      payload = true
+      next = { ...state, v: state.v + 1, type: null, data: null, deleted: true }
+    } else {
+      if (state.deleted)
+        throw new ProtocolError(ErrorCode.NotFound, 'document was deleted', { v: state.v })
+      let op = normalized ?? []
+      for (const change of missed) {
+        if (change.kind !== 'op')
+          throw conflict(
+            `document was ${change.kind === 'create' ? 'created' : 'deleted'} since v ${base}`,
+            state.v,
+          )
+        op = transformOp(op, change.payload as Json0Op)
+      }
+      kind = 'op'
+      payload = op
+      const data = state.type === 'json0' ? applyOp(state.data, op) : null
+      next = { ...state, v: state.v + 1, data }
+    }
+
+    const entry: Omit<StreamEntry, 'offset'> = {
+      collection,
+      document,
+      v: state.v,
+      kind,
+      payload,
+      source: request.source,
+      createdAt: Date.now(),
+    }
+    if (request.src !== undefined) entry.src = request.src
+    if (request.seq !== undefined) entry.seq = request.seq
+    const appended = batch.append(entry, request.exclude)
+    this.store.put(next)
+    return { v: state.v, offset: appended.entry.offset }
+  }
+
+  /** The changes applied at versions base … current-1, or 409 when they are no longer all held. */
+  private missedChanges(
+    collection: string,
+    document: string,
+    base: number,
+    current: number,
+  ): StreamEntry[] {
+    const changes = this.streams.lastChanges(collection, document, current - base)
+    if (changes.length !== current - base || changes[0]?.v !== base)
+      throw conflict(
+        `version ${base} is too old: history no longer holds the ops since then`,
+        current,
+      )
+    return changes
+  }
+
+  /** The document's current version (0 when it has none yet). */
+  version(collection: string, document: string): number {
+    return this.store.get(collection, document)?.v ?? 0
+  }
+
+  /** `{v, data}`, or 404 when the document has never had a version. */
+  snapshot(collection: string, document: string): Snapshot {
+    const state = this.store.get(collection, document)
+    if (!state)
+      throw new ProtocolError(ErrorCode.NotFound, `unknown document ${collection}.${document}`)
+    return { v: state.v, data: state.type === null ? null : state.data }
+  }
+
+  /** The collection's documents (by id, deleted ones left out) and the stream head they match. */
+  list(collection: string, ids: readonly string[] | undefined, limit: number) {
+    const docs = this.store
+      .list(collection, ids, limit)
+      .map((state) => ({ id: state.id, v: state.v, data: state.type === null ? null : state.data }))
+    return { docs, epoch: this.streams.epoch, offset: this.streams.head(collection) }
+  }
+}

@@ -1,0 +1,54 @@
+import { openapi } from '@elysiajs/openapi'
+import { Elysia } from 'elysia'
+import swaggerCss from 'swagger-ui-dist/swagger-ui.css' with { type: 'text' }
+import swaggerBundle from 'swagger-ui-dist/swagger-ui-bundle.js' with { type: 'text' }
+
+const ASSETS = '/swagger/assets'
+
+/**
+ * OpenAPI spec at /swagger/json and Swagger UI at /swagger. The UI's script
+ * and stylesheet are embedded in the program and served from here, so the
+ * page works with no internet (the plugin would load them from a CDN).
+ */
+export function openapiRoutes(version: string) {
+  const asset = (body: string, type: string) => () =>
+    new Response(body, {
+      headers: { 'content-type': type, 'cache-control': 'public, max-age=86400' },
+    })
+  return new Elysia({ name: 'openapi' })
+    .get(`${ASSETS}/swagger-ui-bundle.js`, asset(swaggerBundle, 'text/javascript; charset=utf-8'), {
+      detail: { hide: true },
+    })
+    .get(`${ASSETS}/swagger-ui.css`, asset(swaggerCss, 'text/css; charset=utf-8'), {
+      detail: { hide: true },
+    })
+    .use(
+      openapi({
+        path: '/swagger',
+        provider: 'swagger-ui',
+        swagger: {
+          cdn: `${ASSETS}/swagger-ui-bundle.js`,
+          theme: `${ASSETS}/swagger-ui.css`,
+          autoDarkMode: false,
+        },
+        documentation: {
+          info: {
+            title: 'teable-realtime server API',
+            version,
+            description:
+              'REST API of the realtime server. The WebSocket protocol (GET /api/ws/socket) is described in docs/PROTOCOL.md.',
+          },
+          tags: [
+            { name: 'stats', description: 'Counters' },
+            { name: 'broadcast', description: 'Messages to channels and users' },
+            {
+              name: 'publish',
+              description: 'json0 ops on documents, as the table backend commits them',
+            },
+            { name: 'history', description: 'Stored stream entries' },
+            { name: 'documents', description: 'Snapshots' },
+          ],
+        },
+      }),
+    )
+}

@@ -1,0 +1,206 @@
+import type { ChannelRef } from '../protocol/channels.ts'
+import { channelName } from '../protocol/channels.ts'
+import { type CloseReason, closeCodes, type EndReason } from '../protocol/close.ts'
+import { encode } from '../protocol/envelope.ts'
+import type { FanoutBroker } from './broker.ts'
+import { Connection, type Socket } from './connection.ts'
+import { Stats } from './stats.ts'
+
+const collectionTopic = (collection: string) => `c:${collection}`
+const documentTopic = (collection: string, document: string) => `d:${collection}.${document}`
+const userTopic = (userId: string) => `u:${userId}`
+
+export interface ConnectionListener {
+  onClose?(connection: Connection, reason: EndReason): void
+}
+
+/**
+ * Live connections (by socket, id and user), their logical subscriptions and
+ * the fan-out. A socket is in the collection topic when it follows the
+ * collection, and in a document topic only when it follows that document but
+ * not its collection: a document message is published to both topics and so
+ * reaches everyone once.
+ */
+export class Hub {
+  readonly stats = new Stats()
+  private readonly bySocket = new Map<Socket, Connection>()
+  private readonly byId = new Map<string, Connection>()
+  private readonly byUser = new Map<string, Set<Connection>>()
+  /** Logical channel → number of subscribed connections. */
+  private readonly channelCounts = new Map<string, number>()
+  private subscriptionCount = 0
+  private broker: FanoutBroker | undefined
+  private readonly listeners: ConnectionListener[] = []
+
+  attach(broker: FanoutBroker): void {
+    this.broker = broker
+  }
+
+  listen(listener: ConnectionListener): void {
+    this.listeners.push(listener)
+  }
+
+  private get fanout(): FanoutBroker {
+    if (!this.broker) throw new Error('hub used before the server was listening')
+    return this.broker
+  }
+
+  register(socket: Socket, userId: string, sessionId: string, now: number): Connection {
+    const connection = new Connection(socket, crypto.randomUUID(), userId, sessionId, now)
+    this.bySocket.set(socket, connection)
+    this.byId.set(connection.id, connection)
+    let tabs = this.byUser.get(userId)
+    if (!tabs) {
+      tabs = new Set()
+      this.byUser.set(userId, tabs)
+    }
+    tabs.add(connection)
+    this.fanout.subscribe(socket, userTopic(userId))
+    return connection
+  }
+
+  /** Forgets a closed socket; Bun has already dropped its topics. */
+  unregister(socket: Socket): Connection | undefined {
+    const connection = this.bySocket.get(socket)
+    if (!connection) return undefined
+    const reason: EndReason = connection.endReason ?? 'client_close'
+    connection.endReason = reason
+    this.bySocket.delete(socket)
+    this.byId.delete(connection.id)
+    const tabs = this.byUser.get(connection.userId)
+    tabs?.delete(connection)
+    if (tabs?.size === 0) this.byUser.delete(connection.userId)
+    for (const channel of connection.channels) this.decrementChannel(channel)
+    this.subscriptionCount -= connection.channels.size
+    for (const listener of this.listeners) listener.onClose?.(connection, reason)
+    return connection
+  }
+
+  get(socket: Socket): Connection | undefined {
+    return this.bySocket.get(socket)
+  }
+
+  getById(id: string): Connection | undefined {
+    return this.byId.get(id)
+  }
+
+  connections(): IterableIterator<Connection> {
+    return this.bySocket.values()
+  }
+
+  get connectionCount(): number {
+    return this.bySocket.size
+  }
+
+  get userCount(): number {
+    return this.byUser.size
+  }
+
+  get channelCount(): number {
+    return this.channelCounts.size
+  }
+
+  get totalSubscriptions(): number {
+    return this.subscriptionCount
+  }
+
+  subscriberCount(channel: string): number {
+    return this.channelCounts.get(channel) ?? 0
+  }
+
+  /** Returns false when the connection already followed the channel. */
+  subscribe(connection: Connection, ref: ChannelRef): boolean {
+    const channel = channelName(ref.collection, ref.document)
+    if (connection.channels.has(channel)) return false
+    connection.channels.add(channel)
+    this.subscriptionCount++
+    this.channelCounts.set(channel, (this.channelCounts.get(channel) ?? 0) + 1)
+    const { socket } = connection
+    if (ref.document !== undefined) {
+      if (!connection.channels.has(ref.collection))
+        this.fanout.subscribe(socket, documentTopic(ref.collection, ref.document))
+    } else {
+      this.fanout.subscribe(socket, collectionTopic(ref.collection))
+      for (const document of this.documentsFollowed(connection, ref.collection))
+        this.fanout.unsubscribe(socket, documentTopic(ref.collection, document))
+    }
+    return true
+  }
+
+  /** Returns false when the connection did not follow the channel. */
+  unsubscribe(connection: Connection, ref: ChannelRef): boolean {
+    const channel = channelName(ref.collection, ref.document)
+    if (!connection.channels.delete(channel)) return false
+    this.subscriptionCount--
+    this.decrementChannel(channel)
+    const { socket } = connection
+    if (ref.document !== undefined) {
+      if (!connection.channels.has(ref.collection))
+        this.fanout.unsubscribe(socket, documentTopic(ref.collection, ref.document))
+    } else {
+      this.fanout.unsubscribe(socket, collectionTopic(ref.collection))
+      for (const document of this.documentsFollowed(connection, ref.collection))
+        this.fanout.subscribe(socket, documentTopic(ref.collection, document))
+    }
+    return true
+  }
+
+  /**
+   * Sends one serialised frame to every follower of the channel (and, for a
+   * document, of its collection), each once; returns the recipients.
+   */
+  publish(ref: ChannelRef, type: string, frame: string, exclude?: readonly Connection[]): number {
+    const topics =
+      ref.document === undefined
+        ? [collectionTopic(ref.collection)]
+        : [collectionTopic(ref.collection), documentTopic(ref.collection, ref.document)]
+    const delivered = this.fanout.publish(
+      topics,
+      frame,
+      exclude?.map((connection) => connection.socket),
+    )
+    this.stats.countOut(type, delivered)
+    return delivered
+  }
+
+  /** Sends to every live connection of a user; returns the recipients. */
+  publishToUser(userId: string, type: string, frame: string): number {
+    const delivered = this.fanout.publish([userTopic(userId)], frame)
+    this.stats.countOut(type, delivered)
+    return delivered
+  }
+
+  send(connection: Connection, type: string, frame: string): void {
+    connection.socket.send(frame)
+    this.stats.countOut(type, 1)
+  }
+
+  /** Tells the client why, then closes; the close handler unregisters it. */
+  disconnect(connection: Connection, reason: CloseReason): void {
+    if (!connection.open) return
+    const code = closeCodes[reason]
+    this.send(connection, 'disconnect', encode({ type: 'disconnect', data: { code, reason } }))
+    this.close(connection, reason)
+  }
+
+  /** Closes without a `disconnect` message (the client was already told). */
+  close(connection: Connection, reason: CloseReason): void {
+    if (!connection.open) return
+    connection.endReason = reason
+    connection.socket.close(closeCodes[reason], reason)
+  }
+
+  private documentsFollowed(connection: Connection, collection: string): string[] {
+    const prefix = `${collection}.`
+    const documents: string[] = []
+    for (const channel of connection.channels)
+      if (channel.startsWith(prefix)) documents.push(channel.slice(prefix.length))
+    return documents
+  }
+
+  private decrementChannel(channel: string): void {
+    const count = (this.channelCounts.get(channel) ?? 0) - 1
+    if (count <= 0) this.channelCounts.delete(channel)
+    else this.channelCounts.set(channel, count)
+  }
+}

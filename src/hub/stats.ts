@@ -1,0 +1,26 @@
+/** Exact counters behind GET /api/ws/stats. */
+export class Stats {
+  readonly startedAt = Date.now()
+  readonly messagesIn: Record<string, number> = {}
+  readonly messagesOut: Record<string, number> = {}
+  readonly errors: Record<string, number> = {}
+
+  countIn(type: string): void {
+    this.messagesIn[type] = (this.messagesIn[type] ?? 0) + 1
+  }
+
+  countOut(type: string, recipients: number): void {
+    if (recipients > 0) this.messagesOut[type] = (this.messagesOut[type] ?? 0) + recipients
+  }
+
+  countError(code: number): void {
+    const key = String(code)
+    this.errors[key] = (this.errors[key] ?? 0) + 1
+  }
+}
+
+export function total(counts: Record<string, number>): number {
+  let sum = 0
+  for (const value of Object.values(counts)) sum += value
+  return sum
+}

@@ -1,0 +1,41 @@
+import { ConfigError, loadConfig } from './config.ts'
+import { StoreError } from './db/database.ts'
+import { createLogger } from './observability/logger.ts'
+import { createServer } from './server.ts'
+
+function fail(message: string): never {
+  process.stderr.write(`teable-realtime: ${message}\n`)
+  process.exit(1)
+}
+
+let config: ReturnType<typeof loadConfig>
+try {
+  config = loadConfig(process.env)
+} catch (error) {
+  if (error instanceof ConfigError) fail(`invalid configuration: ${error.message}`)
+  throw error
+}
+
+const logger = createLogger(config)
+let server: ReturnType<typeof createServer>
+try {
+  server = createServer(config, logger)
+} catch (error) {
+  if (error instanceof StoreError) fail(error.message)
+  const code = (error as { code?: string }).code
+  if (code === 'EADDRINUSE')
+    fail(`port ${config.port} on ${config.host} is already in use (SOCKET_PORT)`)
+  fail(`cannot start: ${(error as Error).message}`)
+}
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const)
+  process.once(signal, () => {
+    logger.info({ signal }, 'shutting down')
+    server.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error }, 'shutdown failed')
+        process.exit(1)
+      },
+    )
+  })

@@ -1,0 +1,23 @@
+import pino, { type Logger } from 'pino'
+import pretty from 'pino-pretty'
+import type { Config } from '../config.ts'
+
+export type { Logger }
+
+/**
+ * JSON lines on stdout by default; LOG_FORMAT=pretty for people. The pretty
+ * stream runs in-process (no transport worker) so it also works inside the
+ * compiled binary.
+ */
+export function createLogger(config: Pick<Config, 'logLevel' | 'logFormat'>): Logger {
+  const options = {
+    level: config.logLevel,
+    base: { service: 'teable-realtime' },
+    redact: {
+      paths: ['token', '*.token', 'authorization', '*.authorization'],
+      censor: '[redacted]',
+    },
+  }
+  if (config.logFormat === 'pretty') return pino(options, pretty({ sync: true, colorize: false }))
+  return pino(options)
+}

@@ -1,0 +1,79 @@
+import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler'
+import { badRequest, type ProtocolError } from './errors.ts'
+import { type ClientMessage, type ClientMessageType, clientMessageSchemas } from './messages.ts'
+
+type Checkers = { [K in ClientMessageType]: TypeCheck<(typeof clientMessageSchemas)[K]> }
+
+const checkers = Object.fromEntries(
+  Object.entries(clientMessageSchemas).map(([type, schema]) => [
+    type,
+    TypeCompiler.Compile(schema),
+  ]),
+) as Checkers
+
+const knownTypes = Object.keys(clientMessageSchemas).join(', ')
+
+export type ParseResult =
+  | { ok: true; message: ClientMessage }
+  | { ok: false; error: ProtocolError; id?: unknown; type?: string }
+
+/**
+ * Turns a received frame (already JSON-decoded by Elysia when it could be, the
+ * raw string when it could not, bytes for a binary frame) into a typed message
+ * or a 400 that says which field was wrong. The envelope's `type` is checked
+ * first, so a wrong field is named instead of "Expected union value".
+ */
+export function parseClientMessage(frame: unknown): ParseResult {
+  if (typeof frame === 'string') return { ok: false, error: badRequest('malformed JSON') }
+  if (frame instanceof Uint8Array || frame instanceof ArrayBuffer)
+    return { ok: false, error: badRequest('binary frames are not supported; send JSON text') }
+  if (typeof frame !== 'object' || frame === null || Array.isArray(frame))
+    return { ok: false, error: badRequest('a message must be a JSON object') }
+
+  const record = frame as Record<string, unknown>
+  const id = record.id
+  const type = record.type
+  if (typeof type !== 'string')
+    return {
+      ok: false,
+      id,
+      error: badRequest('missing or non-string "type"', { field: 'type', expected: knownTypes }),
+    }
+  if (!Object.hasOwn(checkers, type))
+    return {
+      ok: false,
+      id,
+      error: badRequest(`unknown message type "${type.slice(0, 64)}"`, {
+        field: 'type',
+        expected: knownTypes,
+      }),
+    }
+  const checker = checkers[type as ClientMessageType]
+  if (!checker.Check(frame)) {
+    const first = checker.Errors(frame).First()
+    const field = first?.path ? first.path.slice(1).replaceAll('/', '.') : 'message'
+    return {
+      ok: false,
+      id,
+      type,
+      error: badRequest(`invalid "${field}": ${first?.message ?? 'schema violation'}`, {
+        field,
+        ...(first ? { expected: describe(first.schema as SchemaFacts) } : {}),
+      }),
+    }
+  }
+  return { ok: true, message: frame as ClientMessage }
+}
+
+interface SchemaFacts {
+  type?: unknown
+  pattern?: unknown
+  const?: unknown
+}
+
+function describe(schema: SchemaFacts): string {
+  if (typeof schema.pattern === 'string') return `string matching ${schema.pattern}`
+  if (schema.const !== undefined) return JSON.stringify(schema.const)
+  if (typeof schema.type === 'string') return schema.type
+  return 'see docs/PROTOCOL.md'
+}

@@ -1,0 +1,150 @@
+import type { Server } from 'bun'
+import { Elysia, status, ValidationError } from 'elysia'
+import pkg from '../package.json' with { type: 'json' }
+import type { Config } from './config.ts'
+import { openStore } from './db/database.ts'
+import { DocumentStore } from './documents/document-store.ts'
+import { Documents } from './documents/documents.ts'
+import { apiRoutes } from './http/api-routes.ts'
+import { openapiRoutes } from './http/openapi.ts'
+import { socketRoute } from './http/socket-route.ts'
+import { BunTopicBroker } from './hub/broker.ts'
+import { ClientHandler } from './hub/client.ts'
+import type { Connection } from './hub/connection.ts'
+import { Heartbeat } from './hub/heartbeat.ts'
+import { Hub } from './hub/hub.ts'
+import { createLogger, type Logger } from './observability/logger.ts'
+import { encode } from './protocol/envelope.ts'
+import { ErrorCode, ProtocolError } from './protocol/errors.ts'
+import { CommitQueue } from './streams/commit-queue.ts'
+import { entryMessage } from './streams/entry.ts'
+import { Retention } from './streams/retention.ts'
+import { StreamStore } from './streams/stream-store.ts'
+import { Streams } from './streams/streams.ts'
+
+export interface RealtimeServer {
+  /** The bound port (useful with SOCKET_PORT=0). */
+  port: number
+  /** http://host:port */
+  url: string
+  hub: Hub
+  retention: Retention
+  /** Graceful stop: refuse new sockets, commit pending writes, tell clients, close. */
+  stop(): Promise<void>
+}
+
+/** How long a graceful stop waits for clients to close after `disconnect`. */
+const SHUTDOWN_GRACE_MS = 3000
+
+function errorBody(code: number, message: string, details?: Record<string, unknown>) {
+  return { error: details ? { code, message, details } : { code, message } }
+}
+
+/** Builds every part, wires them into one Elysia app and starts listening. */
+export function createServer(
+  config: Config,
+  logger: Logger = createLogger(config),
+): RealtimeServer {
+  const store = openStore(config.dbPath)
+  const streamStore = new StreamStore(store)
+  const documentStore = new DocumentStore(store)
+  const hub = new Hub()
+
+  const fanout = (entry: Parameters<typeof entryMessage>[0], exclude?: readonly string[]) => {
+    const fields = entryMessage(entry, streamStore.epoch)
+    const excluded = exclude
+      ?.map((id) => hub.getById(id))
+      .filter((connection): connection is Connection => connection !== undefined)
+    const ref =
+      entry.document === undefined
+        ? { collection: entry.collection }
+        : { collection: entry.collection, document: entry.document }
+    return hub.publish(ref, fields.type, encode(fields, entry.createdAt), excluded)
+  }
+  const queue = new CommitQueue(store.sqlite, streamStore, fanout, logger, [documentStore])
+  const streams = new Streams(streamStore, queue)
+  const documents = new Documents(queue, streamStore, documentStore)
+  const client = new ClientHandler(hub, documents, streams, config, logger)
+  const heartbeat = new Heartbeat(
+    hub,
+    config.heartbeatInterval * 1000,
+    config.connectionTimeout * 1000,
+  )
+  const retention = new Retention(
+    streamStore,
+    config.historyMaxPerCollection,
+    config.historyTtl * 1000,
+    config.historyPruneInterval * 1000,
+    logger,
+  )
+  let shuttingDown = false
+
+  const app = new Elysia({
+    // Only options given here reach Bun.serve's websocket (per-route ones are ignored).
+    websocket: {
+      maxPayloadLength: config.maxMessageSize,
+      // The Heartbeat owns liveness (CONNECTION_TIMEOUT), not Bun.
+      idleTimeout: 0,
+      sendPings: false,
+      perMessageDeflate: false,
+    },
+  })
+    .onRequest(({ request }) => {
+      if (shuttingDown && new URL(request.url).pathname === '/api/ws/socket')
+        return status(503, errorBody(503, 'server is shutting down'))
+    })
+    .onError(({ code, error }) => {
+      if (error instanceof ProtocolError) return status(error.code, { error: error.toBody() })
+      if (error instanceof ValidationError) {
+        const first = error.valueError
+        const field = first?.path ? first.path.slice(1).replaceAll('/', '.') : error.type
+        return status(
+          400,
+          errorBody(
+            400,
+            `invalid ${error.type}${field ? ` "${field}"` : ''}: ${first?.message ?? 'schema violation'}`,
+            {
+              field,
+              in: error.type,
+            },
+          ),
+        )
+      }
+      if (code === 'PARSE') return status(400, errorBody(400, 'malformed JSON body'))
+      if (code === 'NOT_FOUND') return status(404, errorBody(404, 'no such route'))
+      logger.error({ err: error }, 'request failed')
+      return status(500, errorBody(ErrorCode.Internal, 'internal error'))
+    })
+    .use(openapiRoutes(pkg.version))
+    .use(apiRoutes({ hub, documents, streams }))
+    .use(socketRoute(client))
+
+  app.listen({ port: config.port, hostname: config.host, reusePort: false })
+  const server = app.server as Server<unknown>
+  hub.attach(new BunTopicBroker(server))
+  heartbeat.start()
+  retention.start()
+  const port = server.port ?? config.port
+  logger.info({ port, host: config.host, db: config.dbPath, epoch: streamStore.epoch }, 'listening')
+
+  return {
+    port,
+    url: `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`,
+    hub,
+    retention,
+    async stop() {
+      if (shuttingDown) return
+      shuttingDown = true
+      heartbeat.stop()
+      retention.stop()
+      const closed = server.stop(false)
+      queue.flush()
+      for (const connection of [...hub.connections()]) hub.disconnect(connection, 'shutdown')
+      await Promise.race([closed, Bun.sleep(SHUTDOWN_GRACE_MS)])
+      await server.stop(true)
+      queue.flush() // anything REST requests queued while sockets were closing
+      store.close()
+      logger.info('stopped')
+    },
+  }
+}

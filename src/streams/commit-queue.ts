@@ -1,0 +1,140 @@
+import type { Database } from 'bun:sqlite'
+import type { Logger } from '../observability/logger.ts'
+import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
+import type { StreamEntry } from './entry.ts'
+import type { NewEntry, StreamStore } from './stream-store.ts'
+
+/** Holds state written during a batch: flushed before commit, dropped on rollback. */
+export interface BatchParticipant {
+  beforeCommit(): void
+  rollback(): void
+}
+
+/** An entry appended in the running batch; `delivered` is set once it is fanned out. */
+export interface Appended {
+  readonly entry: StreamEntry
+  readonly exclude: readonly string[] | undefined
+  delivered: number
+}
+
+export interface Batch {
+  /** Appends to the entry's collection stream; fanned out only after the batch commits. */
+  append(entry: NewEntry, exclude?: readonly string[]): Appended
+}
+
+/** Sends a committed entry to its subscribers (except `exclude`, connection ids); returns recipients. */
+export type Fanout = (entry: StreamEntry, exclude: readonly string[] | undefined) => number
+
+/** Told the outcome synchronously, right after the job's own entries were fanned out. */
+export type Settle<T> = (error: ProtocolError | undefined, value: T | undefined) => void
+
+interface Job {
+  run(batch: Batch): unknown
+  settle: Settle<unknown>
+}
+
+/**
+ * Group commit. Every job queued in one event-loop turn runs, in order, inside
+ * one SQLite transaction (jobs are synchronous: nothing is awaited inside it);
+ * after COMMIT each job's entries are fanned out and the job is settled, job
+ * by job in offset order, so a submitter's ack sits in the same place in its
+ * stream as the op does in everyone else's. Nothing is acknowledged or sent
+ * before it is durable.
+ *
+ * A job refusing with a ProtocolError before it appended anything is refused
+ * alone; any other failure rolls the whole batch back and answers 500.
+ */
+export class CommitQueue {
+  private jobs: Job[] = []
+  private scheduled = false
+  private readonly participants: BatchParticipant[]
+
+  constructor(
+    private readonly sqlite: Database,
+    private readonly streams: StreamStore,
+    private readonly fanout: Fanout,
+    private readonly logger: Logger,
+    participants: BatchParticipant[],
+  ) {
+    this.participants = [
+      ...participants,
+      { beforeCommit: () => streams.flushHeads(), rollback: () => streams.resetCache() },
+    ]
+  }
+
+  submit<T>(job: (batch: Batch) => T, settle: Settle<T>): void {
+    this.jobs.push({ run: job, settle: settle as Settle<unknown> })
+    if (!this.scheduled) {
+      this.scheduled = true
+      setImmediate(() => this.flush())
+    }
+  }
+
+  /** `submit` as a promise, for callers with no ordering to keep (REST). */
+  run<T>(job: (batch: Batch) => T): Promise<T> {
+    return new Promise<T>((resolve, reject) =>
+      this.submit(job, (error, value) => (error ? reject(error) : resolve(value as T))),
+    )
+  }
+
+  /** Commits whatever is queued now (also used at shutdown). */
+  flush(): void {
+    this.scheduled = false
+    const jobs = this.jobs
+    if (jobs.length === 0) return
+    this.jobs = []
+    const appended: Appended[] = []
+    const batch: Batch = {
+      append: (entry, exclude) => {
+        const item: Appended = { entry: this.streams.append(entry), exclude, delivered: 0 }
+        appended.push(item)
+        return item
+      },
+    }
+    type Outcome = { value?: unknown; error?: ProtocolError; appendedUpTo: number }
+    const outcomes: Outcome[] = []
+    try {
+      this.sqlite.transaction(() => {
+        for (const job of jobs) {
+          const before = appended.length
+          try {
+            const value = job.run(batch)
+            outcomes.push({ value, appendedUpTo: appended.length })
+          } catch (error) {
+            if (!(error instanceof ProtocolError) || appended.length !== before) throw error
+            outcomes.push({ error, appendedUpTo: before })
+          }
+        }
+        for (const participant of this.participants) participant.beforeCommit()
+      })()
+    } catch (error) {
+      for (const participant of this.participants) participant.rollback()
+      this.logger.error({ err: error, jobs: jobs.length }, 'commit failed; batch rolled back')
+      const failure = new ProtocolError(ErrorCode.Internal, 'the store could not commit this write')
+      for (const job of jobs) this.settle(job, failure, undefined)
+      return
+    }
+    let next = 0
+    jobs.forEach((job, i) => {
+      const outcome = outcomes[i] as Outcome
+      for (; next < outcome.appendedUpTo; next++) this.publish(appended[next] as Appended)
+      this.settle(job, outcome.error, outcome.value)
+    })
+  }
+
+  private publish(item: Appended): void {
+    try {
+      item.delivered = this.fanout(item.entry, item.exclude)
+    } catch (error) {
+      this.logger.error({ err: error, collection: item.entry.collection }, 'fan-out failed')
+    }
+  }
+
+  private settle(job: Job, error: ProtocolError | undefined, value: unknown): void {
+    try {
+      job.settle(error, value)
+    } catch (failure) {
+      this.logger.error({ err: failure }, 'settling a write failed')
+    }
+  }
+}

@@ -1,0 +1,63 @@
+import type { Logger } from '../observability/logger.ts'
+import type { StreamStore } from './stream-store.ts'
+
+/** Rows deleted per statement: small enough that a pass never stalls publishes for long. */
+const CHUNK = 2_000
+
+/**
+ * Prunes stream entries past HISTORY_MAX_PER_COLLECTION or older than
+ * HISTORY_TTL, in small deletes spread over event-loop turns. Heads and
+ * document snapshots are kept, so offsets and versions never go back.
+ */
+export class Retention {
+  private timer: ReturnType<typeof setTimeout> | undefined
+  private stopped = false
+
+  constructor(
+    private readonly store: StreamStore,
+    private readonly maxPerCollection: number,
+    private readonly ttlMs: number,
+    private readonly intervalMs: number,
+    private readonly logger: Logger,
+  ) {}
+
+  start(): void {
+    this.stopped = false
+    this.schedule(this.intervalMs)
+  }
+
+  stop(): void {
+    this.stopped = true
+    clearTimeout(this.timer)
+  }
+
+  /** One full pass; resolves when every chunk is deleted. */
+  async pass(): Promise<number> {
+    let removed = 0
+    const yieldTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
+    for (const { collection, head } of this.store.collections()) {
+      const upTo = head - this.maxPerCollection
+      if (upTo <= 0) continue
+      for (let n = CHUNK; n === CHUNK && !this.stopped; await yieldTurn()) {
+        n = this.store.pruneUpTo(collection, upTo, CHUNK)
+        removed += n
+      }
+    }
+    const before = Date.now() - this.ttlMs
+    for (let n = CHUNK; n === CHUNK && !this.stopped; await yieldTurn()) {
+      n = this.store.pruneOlderThan(before, CHUNK)
+      removed += n
+    }
+    if (removed > 0) this.logger.debug({ removed }, 'history pruned')
+    return removed
+  }
+
+  private schedule(delay: number): void {
+    if (this.stopped) return
+    this.timer = setTimeout(() => {
+      this.pass()
+        .catch((error: unknown) => this.logger.error({ err: error }, 'history pruning failed'))
+        .finally(() => this.schedule(this.intervalMs))
+    }, delay)
+  }
+}

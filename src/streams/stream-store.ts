@@ -1,0 +1,211 @@
+import type { Statement } from 'bun:sqlite'
+import { and, asc, eq, gt } from 'drizzle-orm'
+import type { Store } from '../db/database.ts'
+import { meta, streamEntries, streams } from '../db/schema.ts'
+import type { EntryKind, EntrySource, StreamEntry } from './entry.ts'
+
+interface EntryRow {
+  collection: string
+  offset: number
+  document: string | null
+  v: number | null
+  kind: EntryKind
+  payload: string
+  source: EntrySource
+  src: string | null
+  seq: number | null
+  createdAt: number
+}
+
+const ENTRY_COLUMNS =
+  'collection, "offset", document, v, kind, payload, source, src, seq, created_at AS createdAt'
+
+function toEntry(row: EntryRow): StreamEntry {
+  const entry: StreamEntry = {
+    collection: row.collection,
+    offset: row.offset,
+    kind: row.kind,
+    payload: JSON.parse(row.payload),
+    source: row.source,
+    createdAt: row.createdAt,
+  }
+  if (row.document !== null) entry.document = row.document
+  if (row.v !== null) entry.v = row.v
+  if (row.src !== null) entry.src = row.src
+  if (row.seq !== null) entry.seq = row.seq
+  return entry
+}
+
+export type NewEntry = Omit<StreamEntry, 'offset'>
+
+/**
+ * The op log: the only writer of stream entries. Hot statements are prepared
+ * once; heads are cached and written once per batch (see CommitQueue).
+ * Writes must happen inside the queue's transaction.
+ */
+export class StreamStore {
+  readonly epoch: string
+  private readonly heads = new Map<string, number>()
+  private readonly dirtyHeads = new Set<string>()
+  private readonly insertEntry: Statement
+  private readonly upsertHead: Statement
+  private readonly selectHead: Statement<{ head: number }>
+  private readonly selectFirst: Statement<{ first: number | null }>
+  private readonly selectSince: Statement<EntryRow>
+  private readonly selectDocumentSince: Statement<EntryRow>
+  private readonly selectLastDocumentChanges: Statement<EntryRow>
+  private readonly selectBySrcSeq: Statement<EntryRow>
+  private readonly deleteOlderThan: Statement
+  private readonly deleteUpTo: Statement
+
+  constructor(private readonly store: Store) {
+    const { sqlite } = store
+    this.epoch = this.loadEpoch()
+    this.insertEntry = sqlite.prepare(
+      'INSERT INTO stream_entries (collection, "offset", document, v, kind, payload, source, src, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+    )
+    this.upsertHead = sqlite.prepare(
+      'INSERT INTO streams (collection, head) VALUES (?, ?) ON CONFLICT (collection) DO UPDATE SET head = excluded.head',
+    )
+    this.selectHead = sqlite.prepare('SELECT head FROM streams WHERE collection = ?')
+    this.selectFirst = sqlite.prepare(
+      'SELECT MIN("offset") AS first FROM stream_entries WHERE collection = ?',
+    )
+    this.selectSince = sqlite.prepare(
+      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND "offset" > ? AND "offset" <= ? ORDER BY "offset" LIMIT ?`,
+    )
+    this.selectDocumentSince = sqlite.prepare(
+      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND document = ? AND "offset" > ? ORDER BY "offset"`,
+    )
+    this.selectLastDocumentChanges = sqlite.prepare(
+      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND document = ? AND kind != 'message' ORDER BY "offset" DESC LIMIT ?`,
+    )
+    this.selectBySrcSeq = sqlite.prepare(
+      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE src = ? AND seq = ? LIMIT 1`,
+    )
+    this.deleteOlderThan = sqlite.prepare(
+      'DELETE FROM stream_entries WHERE rowid IN (SELECT rowid FROM stream_entries WHERE created_at < ? LIMIT ?)',
+    )
+    this.deleteUpTo = sqlite.prepare(
+      'DELETE FROM stream_entries WHERE rowid IN (SELECT rowid FROM stream_entries WHERE collection = ? AND "offset" <= ? ORDER BY "offset" LIMIT ?)',
+    )
+  }
+
+  private loadEpoch(): string {
+    const { db } = this.store
+    const row = db.select().from(meta).where(eq(meta.key, 'epoch')).get()
+    if (row) return row.value
+    const epoch = crypto.randomUUID().slice(0, 8)
+    db.insert(meta).values({ key: 'epoch', value: epoch }).run()
+    return epoch
+  }
+
+  /** Last offset handed out in the collection (0 when none). */
+  head(collection: string): number {
+    let head = this.heads.get(collection)
+    if (head === undefined) {
+      head = this.selectHead.get(collection)?.head ?? 0
+      this.heads.set(collection, head)
+    }
+    return head
+  }
+
+  /** Oldest offset still held, or undefined when nothing is. */
+  firstHeld(collection: string): number | undefined {
+    return this.selectFirst.get(collection)?.first ?? undefined
+  }
+
+  /** Inserts the entry with the collection's next offset. Inside a transaction only. */
+  append(input: NewEntry): StreamEntry {
+    const offset = this.head(input.collection) + 1
+    const entry: StreamEntry = { ...input, offset }
+    this.insertEntry.run(
+      entry.collection,
+      offset,
+      entry.document ?? null,
+      entry.v ?? null,
+      entry.kind,
+      JSON.stringify(entry.payload),
+      entry.source,
+      entry.src ?? null,
+      entry.seq ?? null,
+      entry.createdAt,
+    )
+    this.heads.set(entry.collection, offset)
+    this.dirtyHeads.add(entry.collection)
+    return entry
+  }
+
+  /** Persists the heads moved by this batch; called by the queue before commit. */
+  flushHeads(): void {
+    for (const collection of this.dirtyHeads)
+      this.upsertHead.run(collection, this.heads.get(collection) ?? 0)
+    this.dirtyHeads.clear()
+  }
+
+  /** Forgets cached heads after a rolled-back batch. */
+  resetCache(): void {
+    this.heads.clear()
+    this.dirtyHeads.clear()
+  }
+
+  /** Entries with after < offset ≤ until, oldest first. */
+  readRange(collection: string, after: number, until: number, limit: number): StreamEntry[] {
+    return this.selectSince.all(collection, after, until, limit).map(toEntry)
+  }
+
+  /** Every entry of a document after an offset, oldest first. */
+  readDocument(collection: string, document: string, after: number): StreamEntry[] {
+    return this.selectDocumentSince.all(collection, document, after).map(toEntry)
+  }
+
+  /** The last `count` ops/creates/dels of a document, oldest first. */
+  lastChanges(collection: string, document: string, count: number): StreamEntry[] {
+    return this.selectLastDocumentChanges.all(collection, document, count).reverse().map(toEntry)
+  }
+
+  /** The entry a client's `src`+`seq` already produced, if it is still held. */
+  findBySrcSeq(src: string, seq: number): StreamEntry | undefined {
+    const row = this.selectBySrcSeq.get(src, seq)
+    return row ? toEntry(row) : undefined
+  }
+
+  /** Retention: drops up to `batch` entries older than `before` (ms); returns how many. */
+  pruneOlderThan(before: number, batch: number): number {
+    return this.deleteOlderThan.run(before, batch).changes
+  }
+
+  /** Retention: drops up to `batch` of the collection's entries with offset ≤ `upTo`. */
+  pruneUpTo(collection: string, upTo: number, batch: number): number {
+    return this.deleteUpTo.run(collection, upTo, batch).changes
+  }
+
+  /** Every collection with its head, for retention passes. */
+  collections(): Array<{ collection: string; head: number }> {
+    return this.store.db.select().from(streams).all()
+  }
+
+  /** History API: a collection's (or one document's) entries after `since`. */
+  history(
+    collection: string,
+    document: string | undefined,
+    since: number,
+    limit: number,
+  ): StreamEntry[] {
+    const { db } = this.store
+    const rows = db
+      .select()
+      .from(streamEntries)
+      .where(
+        and(
+          eq(streamEntries.collection, collection),
+          document === undefined ? undefined : eq(streamEntries.document, document),
+          gt(streamEntries.offset, since),
+        ),
+      )
+      .orderBy(asc(streamEntries.offset))
+      .limit(limit)
+      .all()
+    return rows.map(toEntry)
+  }
+}
