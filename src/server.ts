@@ -7,7 +7,7 @@ import { DocumentStore } from './documents/document-store.ts'
 import { Documents } from './documents/documents.ts'
 import { apiRoutes } from './http/api-routes.ts'
 import { openapiRoutes } from './http/openapi.ts'
-import { socketRoute } from './http/socket-route.ts'
+import { frameSizeGuard, socketRoute, transportFrameLimit } from './http/socket-route.ts'
 import { BunTopicBroker } from './hub/broker.ts'
 import { ClientHandler } from './hub/client.ts'
 import type { Connection } from './hub/connection.ts'
@@ -82,7 +82,7 @@ export function createServer(
   const app = new Elysia({
     // Only options given here reach Bun.serve's websocket (per-route ones are ignored).
     websocket: {
-      maxPayloadLength: config.maxMessageSize,
+      maxPayloadLength: transportFrameLimit(config.maxMessageSize),
       // The Heartbeat owns liveness (CONNECTION_TIMEOUT), not Bun.
       idleTimeout: 0,
       sendPings: false,
@@ -119,7 +119,13 @@ export function createServer(
     .use(apiRoutes({ hub, documents, streams }))
     .use(socketRoute(client))
 
-  app.listen({ port: config.port, hostname: config.host, reusePort: false })
+  app.listen({
+    port: config.port,
+    hostname: config.host,
+    // Elysia defaults to reusePort: a second server on the port would silently take half the clients.
+    reusePort: false,
+    websocket: frameSizeGuard(client, config.maxMessageSize),
+  })
   const server = app.server as Server<unknown>
   hub.attach(new BunTopicBroker(server))
   heartbeat.start()
@@ -137,10 +143,14 @@ export function createServer(
       shuttingDown = true
       heartbeat.stop()
       retention.stop()
-      const closed = server.stop(false)
+      server.stop(false) // stop listening; open sockets stay until told
       queue.flush()
+      const socketsClosed = new Promise<void>((resolve) => {
+        if (hub.connectionCount === 0) resolve()
+        hub.listen({ onClose: () => hub.connectionCount === 0 && resolve() })
+      })
       for (const connection of [...hub.connections()]) hub.disconnect(connection, 'shutdown')
-      await Promise.race([closed, Bun.sleep(SHUTDOWN_GRACE_MS)])
+      await Promise.race([socketsClosed, Bun.sleep(SHUTDOWN_GRACE_MS)])
       await server.stop(true)
       queue.flush() // anything REST requests queued while sockets were closing
       store.close()

@@ -1,4 +1,6 @@
+import type { ServerWebSocket, WebSocketHandler } from 'bun'
 import { Elysia, status, t } from 'elysia'
+import { websocket as elysiaWebsocket } from 'elysia/ws'
 import type { ClientHandler } from '../hub/client.ts'
 
 const SocketQuery = t.Object({
@@ -40,4 +42,34 @@ export function socketRoute(client: ClientHandler) {
       client.close(ws.raw, code)
     },
   })
+}
+
+/**
+ * Bun cuts a frame over its maxPayloadLength with no close frame at all; the
+ * contract wants close code 1009. So Bun's limit is set higher (see
+ * transportFrameLimit) and this check, in front of Elysia's own handler,
+ * closes frames over MAX_MESSAGE_SIZE properly before anything parses them.
+ */
+export function frameSizeGuard(
+  client: ClientHandler,
+  maxMessageSize: number,
+): Pick<WebSocketHandler<unknown>, 'message'> {
+  return {
+    message(ws: ServerWebSocket<unknown>, frame: string | Buffer) {
+      // A UTF-16 length of at most a third of the limit cannot exceed it in UTF-8.
+      const size =
+        typeof frame === 'string'
+          ? frame.length * 3 <= maxMessageSize
+            ? 0
+            : Buffer.byteLength(frame)
+          : frame.byteLength
+      if (size > maxMessageSize) client.tooBig(ws, size)
+      else elysiaWebsocket.message?.(ws, frame)
+    },
+  }
+}
+
+/** Bun's own frame limit: frames past it are dropped with the TCP connection. */
+export function transportFrameLimit(maxMessageSize: number): number {
+  return Math.min(Math.max(maxMessageSize * 4, 1024 * 1024), 64 * 1024 * 1024)
 }

@@ -62,6 +62,18 @@ export class ClientHandler {
       )
   }
 
+  /** A frame over MAX_MESSAGE_SIZE: the connection is closed with 1009, unparsed. */
+  tooBig(socket: Socket, size: number): void {
+    const connection = this.hub.get(socket)
+    if (!connection) return
+    this.hub.stats.countIn('invalid')
+    this.logger.warn(
+      { connection_id: connection.id, size, max: this.config.maxMessageSize },
+      'frame too big',
+    )
+    this.hub.disconnect(connection, 'message_too_big')
+  }
+
   /** A pong (or any sign of life) keeps the connection from timing out. */
   alive(socket: Socket): void {
     const connection = this.hub.get(socket)

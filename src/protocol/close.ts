@@ -10,6 +10,8 @@ export const closeCodes = {
   shutdown: 1001,
   /** No message and no pong for CONNECTION_TIMEOUT. */
   timeout: 4408,
+  /** A frame over MAX_MESSAGE_SIZE. */
+  message_too_big: 1009,
 } as const
 
 export type CloseReason = keyof typeof closeCodes
