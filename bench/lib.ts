@@ -1,0 +1,147 @@
+/** Shared bits of the benchmark drivers: child processes and tables. */
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const root = join(import.meta.dir, '..')
+
+export interface Child {
+  proc: ReturnType<typeof Bun.spawn>
+  port: number
+  /** CPU seconds (user + system) the process has used so far. */
+  cpuSeconds(): Promise<number>
+  /** Resident memory of the process now, in MiB (Linux /proc). */
+  rssMiB(): Promise<number>
+  stop(): Promise<void>
+}
+
+/** Starts a server process and waits for its JSON "listening" line. */
+export async function startChild(argv: string[], env: Record<string, string> = {}): Promise<Child> {
+  const proc = Bun.spawn(argv, {
+    cwd: root,
+    env: { ...process.env, ...env },
+    stdout: 'pipe',
+    stderr: 'inherit',
+  })
+  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader()
+  const decoder = new TextDecoder()
+  let text = ''
+  let port: number | undefined
+  while (port === undefined) {
+    const { value, done } = await reader.read()
+    if (done) throw new Error(`${argv.join(' ')} exited before listening`)
+    text += decoder.decode(value, { stream: true })
+    const match = text.match(/"msg":"listening".*?"port":(\d+)|"port":(\d+).*?"msg":"listening"/)
+    if (match) port = Number(match[1] ?? match[2])
+  }
+  void (async () => {
+    while (!(await reader.read()).done) {}
+  })()
+  return {
+    proc,
+    port,
+    async cpuSeconds() {
+      const fields =
+        (await Bun.file(`/proc/${proc.pid}/stat`).text()).split(') ')[1]?.split(' ') ?? []
+      // utime and stime are fields 14 and 15 of stat, in clock ticks (100 Hz on Linux).
+      return (Number(fields[11]) + Number(fields[12])) / 100
+    },
+    async rssMiB() {
+      const status = await Bun.file(`/proc/${proc.pid}/status`).text()
+      const kb = Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0)
+      return kb / 1024
+    },
+    async stop() {
+      proc.kill('SIGTERM')
+      await proc.exited
+    },
+  }
+}
+
+/** Our server as its own process, on a fresh database. */
+export async function startOurs(
+  env: Record<string, string> = {},
+): Promise<Child & { cleanup(): void }> {
+  const dir = mkdtempSync(join(tmpdir(), 'teable-realtime-bench-'))
+  const child = await startChild(['bun', 'src/main.ts'], {
+    SOCKET_PORT: '0',
+    HOST: '0.0.0.0',
+    // "listening" (with the port) is an info line; nothing is logged per message.
+    LOG_LEVEL: 'info',
+    DB_PATH: join(dir, 'bench.db'),
+    ...env,
+  })
+  return { ...child, cleanup: () => rmSync(dir, { recursive: true, force: true }) }
+}
+
+/**
+ * Runs a load client process and returns the JSON it prints last. A client
+ * prints `{"phase":"start"}` and `{"phase":"end"}` around its measured
+ * window; `onPhase` runs at each (to sample the server's CPU time).
+ */
+export async function runClient<T>(
+  argv: string[],
+  onPhase?: (phase: string) => Promise<void>,
+  env: Record<string, string> = {},
+): Promise<T> {
+  const proc = Bun.spawn(argv, {
+    cwd: root,
+    env: { ...process.env, ...env },
+    stdout: 'pipe',
+    stderr: 'inherit',
+  })
+  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader()
+  const decoder = new TextDecoder()
+  let text = ''
+  let scanned = 0
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    text += decoder.decode(value, { stream: true })
+    const lines = text.slice(scanned).split('\n')
+    lines.pop()
+    for (const line of lines) {
+      scanned += line.length + 1
+      const phase = line.match(/^\{"phase":"(\w+)"\}$/)?.[1]
+      if (phase && onPhase) await onPhase(phase)
+    }
+  }
+  const code = await proc.exited
+  if (code !== 0) throw new Error(`${argv.join(' ')} exited ${code}`)
+  const last = text.trim().split('\n').at(-1) ?? ''
+  return JSON.parse(last) as T
+}
+
+/** Runs the client and measures the server's CPU seconds over the client's measured window. */
+export async function runMeasured<T>(
+  server: Child,
+  argv: string[],
+  env: Record<string, string> = {},
+): Promise<T & { serverCpu: number }> {
+  let cpuAtStart = 0
+  let serverCpu = 0
+  const result = await runClient<T>(
+    argv,
+    async (phase) => {
+      if (phase === 'start') cpuAtStart = await server.cpuSeconds()
+      if (phase === 'end') serverCpu = (await server.cpuSeconds()) - cpuAtStart
+    },
+    env,
+  )
+  return { ...result, serverCpu }
+}
+
+export function table(headers: string[], rows: Array<Array<string | number>>): string {
+  const cells = [headers, ...rows.map((row) => row.map((cell) => String(cell)))]
+  const widths = headers.map((_, i) => Math.max(...cells.map((row) => (row[i] ?? '').length)))
+  const line = (row: string[]) =>
+    `| ${row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join(' | ')} |`
+  return [
+    line(cells[0] as string[]),
+    `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
+    ...cells.slice(1).map(line),
+  ].join('\n')
+}
+
+export const fmt = (n: number, digits = 0) =>
+  n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
