@@ -100,7 +100,7 @@ export function loadConfig(env: Env): Config {
       max: 100_000_000,
       integer: true,
     }),
-    historyTtl: number(env, 'HISTORY_TTL', DAY, { min: 1, max: 365 * DAY }),
+    historyTtl: number(env, 'HISTORY_TTL', DAY, { min: 0.01, max: 365 * DAY }),
     historyPruneInterval: number(env, 'HISTORY_PRUNE_INTERVAL', 60, { min: 0.05, max: DAY }),
   }
 }
