@@ -7,7 +7,7 @@ import { DocumentStore } from './documents/document-store.ts'
 import { Documents } from './documents/documents.ts'
 import { apiRoutes } from './http/api-routes.ts'
 import { openapiRoutes } from './http/openapi.ts'
-import { frameSizeGuard, socketRoute, transportFrameLimit } from './http/socket-route.ts'
+import { socketFrames, socketRoute, transportFrameLimit } from './http/socket-route.ts'
 import { BunTopicBroker } from './hub/broker.ts'
 import { ClientHandler } from './hub/client.ts'
 import type { Connection } from './hub/connection.ts'
@@ -124,7 +124,7 @@ export function createServer(
     hostname: config.host,
     // Elysia defaults to reusePort: a second server on the port would silently take half the clients.
     reusePort: false,
-    websocket: frameSizeGuard(client, config.maxMessageSize),
+    websocket: socketFrames(client, config.maxMessageSize),
   })
   const server = app.server as Server<unknown>
   hub.attach(new BunTopicBroker(server))

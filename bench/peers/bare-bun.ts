@@ -3,7 +3,7 @@
  * ours (POST a JSON body, it is published to every subscriber). No protocol,
  * no storage, no validation: what Bun itself can do.
  */
-const server = Bun.serve({
+const pubsubServer = Bun.serve({
   port: Number(process.env.PORT ?? 0),
   hostname: process.env.HOST ?? '127.0.0.1',
   async fetch(request, srv) {
@@ -27,4 +27,4 @@ const server = Bun.serve({
     idleTimeout: 0,
   },
 })
-console.log(JSON.stringify({ msg: 'listening', port: server.port }))
+console.log(JSON.stringify({ msg: 'listening', port: pubsubServer.port }))

@@ -24,8 +24,10 @@ interface DocumentRow {
 const key = (collection: string, id: string) => `${collection}\u0000${id}`
 
 /**
- * Snapshots and versions, cached in memory (bounded) and written once per
- * document per batch, just before the batch commits.
+ * Snapshots and versions, cached in memory and written once per document per
+ * batch, just before the batch commits. The cache is bounded: past
+ * `maxCached`, the documents loaded first are dropped (they reload from the
+ * database when next used).
  */
 export class DocumentStore implements BatchParticipant {
   private readonly cache = new Map<string, DocumentState>()
@@ -69,7 +71,6 @@ export class DocumentStore implements BatchParticipant {
   /** Records a new state inside the running batch. */
   put(state: DocumentState): void {
     const k = key(state.collection, state.id)
-    this.cache.delete(k) // re-insert: the Map's order is the eviction order
     this.cache.set(k, state)
     this.dirty.set(k, state)
   }

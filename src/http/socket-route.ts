@@ -1,6 +1,5 @@
 import type { ServerWebSocket, WebSocketHandler } from 'bun'
 import { Elysia, status, t } from 'elysia'
-import { websocket as elysiaWebsocket } from 'elysia/ws'
 import type { ClientHandler } from '../hub/client.ts'
 
 const SocketQuery = t.Object({
@@ -14,7 +13,10 @@ function refuse(code: 400, message: string, field: string) {
   return status(code, { error: { code, message, details: { field } } })
 }
 
-/** `GET /api/ws/socket`: the upgrade and the socket events, handed to the ClientHandler. */
+/**
+ * `GET /api/ws/socket`: the upgrade and the connection's open, pong and close,
+ * handed to the ClientHandler. Its frames arrive through socketFrames.
+ */
 export function socketRoute(client: ClientHandler) {
   return new Elysia({ name: 'socket-route' }).ws('/api/ws/socket', {
     query: SocketQuery,
@@ -32,9 +34,6 @@ export function socketRoute(client: ClientHandler) {
       const sessionId = query.session_id?.trim() || crypto.randomUUID()
       client.open(ws.raw, userId, sessionId)
     },
-    message(ws, frame) {
-      client.message(ws.raw, frame)
-    },
     pong(ws) {
       client.alive(ws)
     },
@@ -45,12 +44,16 @@ export function socketRoute(client: ClientHandler) {
 }
 
 /**
- * Bun cuts a frame over its maxPayloadLength with no close frame at all; the
- * contract wants close code 1009. So Bun's limit is set higher (see
- * transportFrameLimit) and this check, in front of Elysia's own handler,
- * closes frames over MAX_MESSAGE_SIZE properly before anything parses them.
+ * Frames go straight from Bun to the ClientHandler, in front of Elysia's own
+ * message path, for two reasons: Bun cuts a frame over its maxPayloadLength
+ * with no close frame at all, while the contract wants close code 1009 (so
+ * Bun's limit is set higher, see transportFrameLimit, and the size is checked
+ * here before anything parses the frame); and the protocol does its own JSON
+ * decoding and validation (protocol/validate.ts), so Elysia's per-message
+ * wrapper, JSON guessing and async hop would be work done twice on the
+ * hottest path. Elysia keeps the upgrade, open, pong and close.
  */
-export function frameSizeGuard(
+export function socketFrames(
   client: ClientHandler,
   maxMessageSize: number,
 ): Pick<WebSocketHandler<unknown>, 'message'> {
@@ -64,7 +67,7 @@ export function frameSizeGuard(
             : Buffer.byteLength(frame)
           : frame.byteLength
       if (size > maxMessageSize) client.tooBig(ws, size)
-      else elysiaWebsocket.message?.(ws, frame)
+      else client.message(ws, frame)
     },
   }
 }

@@ -81,7 +81,7 @@ export class ClientHandler {
   }
 
   /** Handles one frame; every message with an `id` gets exactly one reply. */
-  message(socket: Socket, frame: unknown): void {
+  message(socket: Socket, frame: string | Uint8Array): void {
     const connection = this.hub.get(socket)
     if (!connection?.open) return
     connection.lastSeen = Date.now()

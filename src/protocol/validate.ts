@@ -18,15 +18,19 @@ export type ParseResult =
   | { ok: false; error: ProtocolError; id?: unknown; type?: string }
 
 /**
- * Turns a received frame (already JSON-decoded by Elysia when it could be, the
- * raw string when it could not, bytes for a binary frame) into a typed message
- * or a 400 that says which field was wrong. The envelope's `type` is checked
- * first, so a wrong field is named instead of "Expected union value".
+ * Turns a received frame (text, or bytes for a binary frame) into a typed
+ * message or a 400 that says which field was wrong. The envelope's `type` is
+ * checked first, so a wrong field is named instead of "Expected union value".
  */
-export function parseClientMessage(frame: unknown): ParseResult {
-  if (typeof frame === 'string') return { ok: false, error: badRequest('malformed JSON') }
-  if (frame instanceof Uint8Array || frame instanceof ArrayBuffer)
+export function parseClientMessage(raw: string | Uint8Array): ParseResult {
+  if (typeof raw !== 'string')
     return { ok: false, error: badRequest('binary frames are not supported; send JSON text') }
+  let frame: unknown
+  try {
+    frame = JSON.parse(raw)
+  } catch {
+    return { ok: false, error: badRequest('malformed JSON') }
+  }
   if (typeof frame !== 'object' || frame === null || Array.isArray(frame))
     return { ok: false, error: badRequest('a message must be a JSON object') }
 

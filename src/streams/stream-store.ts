@@ -84,10 +84,10 @@ export class StreamStore {
       `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE src = ? AND seq = ? LIMIT 1`,
     )
     this.deleteOlderThan = sqlite.prepare(
-      'DELETE FROM stream_entries WHERE rowid IN (SELECT rowid FROM stream_entries WHERE created_at < ? LIMIT ?)',
+      'DELETE FROM stream_entries WHERE (collection, "offset") IN (SELECT collection, "offset" FROM stream_entries WHERE created_at < ? LIMIT ?)',
     )
     this.deleteUpTo = sqlite.prepare(
-      'DELETE FROM stream_entries WHERE rowid IN (SELECT rowid FROM stream_entries WHERE collection = ? AND "offset" <= ? ORDER BY "offset" LIMIT ?)',
+      'DELETE FROM stream_entries WHERE collection = ? AND "offset" <= ?',
     )
   }
 
@@ -177,7 +177,9 @@ export class StreamStore {
 
   /** Retention: drops up to `batch` of the collection's entries with offset ≤ `upTo`. */
   pruneUpTo(collection: string, upTo: number, batch: number): number {
-    return this.deleteUpTo.run(collection, upTo, batch).changes
+    const first = this.firstHeld(collection)
+    if (first === undefined || first > upTo) return 0
+    return this.deleteUpTo.run(collection, Math.min(upTo, first + batch - 1)).changes
   }
 
   /** Every collection with its head, for retention passes. */
