@@ -17,7 +17,22 @@ try {
 }
 
 const logger = createLogger(config)
-let server: ReturnType<typeof createServer>
+let server: ReturnType<typeof createServer> | undefined
+
+// Installed before the server starts, so a signal right after "listening" is never the default kill.
+for (const signal of ['SIGTERM', 'SIGINT'] as const)
+  process.once(signal, () => {
+    logger.info({ signal }, 'shutting down')
+    if (!server) process.exit(0)
+    server.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error }, 'shutdown failed')
+        process.exit(1)
+      },
+    )
+  })
+
 try {
   server = createServer(config, logger)
 } catch (error) {
@@ -27,15 +42,3 @@ try {
     fail(`port ${config.port} on ${config.host} is already in use (SOCKET_PORT)`)
   fail(`cannot start: ${(error as Error).message}`)
 }
-
-for (const signal of ['SIGTERM', 'SIGINT'] as const)
-  process.once(signal, () => {
-    logger.info({ signal }, 'shutting down')
-    server.stop().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        logger.error({ err: error }, 'shutdown failed')
-        process.exit(1)
-      },
-    )
-  })

@@ -277,6 +277,25 @@ describe('versions', () => {
     await watcher.settle()
     expect(watcher.all((m) => m.type === 'op')).toHaveLength(2)
     expect((await history(collection)).messages).toHaveLength(2)
+
+    // Without a `v`, a resubmission is found among the document's recent changes.
+    const noV = {
+      type: 'submit',
+      collection,
+      document: 'n',
+      op: [{ p: ['n'], na: 5 }],
+      src: 'client-b',
+      seq: 1,
+    }
+    const applied = await writer.ok(noV)
+    await writer.ok({ type: 'submit', collection, document: 'n', op: [{ p: ['n'], na: 1 }] })
+    expect((await reconnected.ok(noV)).data).toEqual(applied.data)
+    // The same seq from another src is a different op.
+    await writer.ok({ ...noV, src: 'client-c' })
+    expect((await writer.ok({ type: 'query', collection, document: 'n' })).data).toEqual({
+      v: 5,
+      data: { n: 12 },
+    })
     await reconnected.close()
     await close()
   })

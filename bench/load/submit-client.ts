@@ -45,6 +45,9 @@ function send(writer: Writer): void {
         document: writer.document,
         v: writer.nextV++,
         op: [{ p: ['n'], na: 1 }],
+        // As a ShareDB-style client does, for dedupe after a reconnect.
+        src: writer.document,
+        seq: id,
       }),
     ),
   )

@@ -1,4 +1,3 @@
-import { sql } from 'drizzle-orm'
 import { index, integer, primaryKey, sqliteTable, text } from 'drizzle-orm/sqlite-core'
 
 /** Key/value facts about the store itself; `epoch` names the history stream. */
@@ -31,11 +30,16 @@ export const streamEntries = sqliteTable(
     seq: integer('seq'),
     /** ms since the epoch */
     createdAt: integer('created_at').notNull(),
+    /**
+     * The offset of the document's previous op/create/del: a document's
+     * changes form a chain walked by primary-key lookups, which is far
+     * cheaper to keep than an index on (collection, document) that every
+     * insert would update at a random place.
+     */
+    prevOffset: integer('prev_offset'),
   },
   (table) => [
     primaryKey({ columns: [table.collection, table.offset] }),
-    index('stream_entries_document').on(table.collection, table.document, table.offset),
-    index('stream_entries_src_seq').on(table.src, table.seq).where(sql`${table.src} IS NOT NULL`),
     index('stream_entries_created').on(table.createdAt),
   ],
 )
@@ -53,6 +57,8 @@ export const documents = sqliteTable(
     data: text('data'),
     deleted: integer('deleted', { mode: 'boolean' }).notNull().default(false),
     updatedAt: integer('updated_at').notNull(),
+    /** The offset of the document's latest change: the head of its chain in stream_entries. */
+    lastOffset: integer('last_offset'),
   },
   (table) => [primaryKey({ columns: [table.collection, table.id] })],
 )

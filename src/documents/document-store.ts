@@ -12,6 +12,8 @@ export interface DocumentState {
   type: 'json0' | null
   data: unknown
   deleted: boolean
+  /** Offset of the latest change (the head of the document's chain in its stream). */
+  lastOffset: number | null
 }
 
 interface DocumentRow {
@@ -19,6 +21,7 @@ interface DocumentRow {
   type: string | null
   data: string | null
   deleted: number
+  lastOffset: number | null
 }
 
 const key = (collection: string, id: string) => `${collection}\u0000${id}`
@@ -40,12 +43,12 @@ export class DocumentStore implements BatchParticipant {
     private readonly maxCached = 10_000,
   ) {
     this.selectOne = store.sqlite.prepare(
-      'SELECT v, type, data, deleted FROM documents WHERE collection = ? AND id = ?',
+      'SELECT v, type, data, deleted, last_offset AS lastOffset FROM documents WHERE collection = ? AND id = ?',
     )
     this.upsert = store.sqlite.prepare(
-      `INSERT INTO documents (collection, id, v, type, data, deleted, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+      `INSERT INTO documents (collection, id, v, type, data, deleted, updated_at, last_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (collection, id) DO UPDATE SET v = excluded.v, type = excluded.type, data = excluded.data,
-       deleted = excluded.deleted, updated_at = excluded.updated_at`,
+       deleted = excluded.deleted, updated_at = excluded.updated_at, last_offset = excluded.last_offset`,
     )
   }
 
@@ -63,6 +66,7 @@ export class DocumentStore implements BatchParticipant {
       type: row.type === 'json0' ? 'json0' : null,
       data: row.data === null ? null : JSON.parse(row.data),
       deleted: row.deleted !== 0,
+      lastOffset: row.lastOffset,
     }
     this.cache.set(k, state)
     return state
@@ -86,6 +90,7 @@ export class DocumentStore implements BatchParticipant {
         state.type === null ? null : JSON.stringify(state.data),
         state.deleted ? 1 : 0,
         now,
+        state.lastOffset,
       )
     this.dirty.clear()
     for (const k of this.cache.keys()) {
@@ -121,6 +126,7 @@ export class DocumentStore implements BatchParticipant {
       type: row.type === 'json0' ? 'json0' : null,
       data: row.data === null ? null : JSON.parse(row.data),
       deleted: row.deleted,
+      lastOffset: row.lastOffset,
     }))
   }
 }

@@ -34,6 +34,9 @@ export interface Snapshot {
   data: unknown
 }
 
+/** How far back a resubmission without `v` is looked for. */
+const DEDUPE_WINDOW = 100
+
 const conflict = (message: string, v: number) =>
   new ProtocolError(ErrorCode.Conflict, message, { v })
 
@@ -85,11 +88,6 @@ export class Documents {
     normalized: Json0Op | undefined,
   ): SubmitResult {
     const { collection, document } = request
-    if (request.src !== undefined && request.seq !== undefined) {
-      const earlier = this.streams.findBySrcSeq(request.src, request.seq)
-      if (earlier && earlier.collection === collection && earlier.document === document)
-        return { v: earlier.v ?? 0, offset: earlier.offset, duplicate: true }
-    }
     const state: DocumentState = this.store.get(collection, document) ?? {
       collection,
       id: document,
@@ -97,11 +95,16 @@ export class Documents {
       type: null,
       data: null,
       deleted: false,
+      lastOffset: null,
     }
     const base = request.v ?? state.v
     if (base > state.v)
       throw conflict(`version ${base} is ahead of the document (v ${state.v})`, state.v)
-    const missed = base < state.v ? this.missedChanges(collection, document, base, state.v) : []
+    const missed = base < state.v ? this.missedChanges(state, base) : []
+    if (request.src !== undefined && request.seq !== undefined) {
+      const earlier = this.findResubmission(state, request, missed)
+      if (earlier) return { v: earlier.v ?? 0, offset: earlier.offset, duplicate: true }
+    }
 
     let next: DocumentState
     let kind: 'op' | 'create' | 'del'
@@ -148,30 +151,45 @@ export class Documents {
     }
     if (request.src !== undefined) entry.src = request.src
     if (request.seq !== undefined) entry.seq = request.seq
+    if (state.lastOffset !== null) entry.prevOffset = state.lastOffset
     const appended = batch.append(entry, request.exclude)
+    next.lastOffset = appended.entry.offset
     this.store.put(next)
     return { v: state.v, offset: appended.entry.offset }
   }
 
   /** The changes applied at versions base … current-1, or 409 when they are no longer all held. */
-  private missedChanges(
-    collection: string,
-    document: string,
-    base: number,
-    current: number,
-  ): StreamEntry[] {
-    const changes = this.streams.lastChanges(collection, document, current - base)
-    if (changes.length !== current - base || changes[0]?.v !== base)
+  private missedChanges(state: DocumentState, base: number): StreamEntry[] {
+    const changes = this.streams.changesBack(state.collection, state.lastOffset, base)
+    if (changes.length !== state.v - base || changes[0]?.v !== base)
       throw conflict(
         `version ${base} is too old: history no longer holds the ops since then`,
-        current,
+        state.v,
       )
     return changes
   }
 
-  /** The document's current version (0 when it has none yet). */
-  version(collection: string, document: string): number {
-    return this.store.get(collection, document)?.v ?? 0
+  /**
+   * ShareDB's dedupe: a resubmitted op was applied after the version it was
+   * based on, so it is among the changes the resubmission missed. Without a
+   * `v`, the document's last DEDUPE_WINDOW changes are searched.
+   */
+  private findResubmission(state: DocumentState, request: SubmitRequest, missed: StreamEntry[]) {
+    const candidates =
+      request.v !== undefined
+        ? missed
+        : this.streams.changesBack(
+            state.collection,
+            state.lastOffset,
+            Math.max(0, state.v - DEDUPE_WINDOW),
+          )
+    return candidates.find((change) => change.src === request.src && change.seq === request.seq)
+  }
+
+  /** The document's current version (0 when it has none yet) and the offset of its latest change. */
+  position(collection: string, document: string): { v: number; lastOffset: number | null } {
+    const state = this.store.get(collection, document)
+    return { v: state?.v ?? 0, lastOffset: state?.lastOffset ?? null }
   }
 
   /** `{v, data}`, or 404 when the document has never had a version. */

@@ -181,10 +181,10 @@ export class ClientHandler {
         throw new ProtocolError(ErrorCode.BadRequest, 'a document resumes with since {v}', {
           field: 'since',
         })
-      const v = this.documents.version(collection, document)
-      data.v = v
+      const position = this.documents.position(collection, document)
+      data.v = position.v
       if (resume && 'v' in resume)
-        replay = this.streams.replayDocument(collection, document, resume.v, v)
+        replay = this.streams.replayDocument(collection, document, resume.v, position)
     }
     if (replay?.recovered)
       for (const entry of replay.entries) {

@@ -17,6 +17,8 @@ export interface StreamEntry {
   src?: string
   seq?: number
   createdAt: number
+  /** The offset of the document's previous op/create/del (not sent on the wire). */
+  prevOffset?: number
 }
 
 /**

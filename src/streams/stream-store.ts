@@ -15,10 +15,11 @@ interface EntryRow {
   src: string | null
   seq: number | null
   createdAt: number
+  prevOffset: number | null
 }
 
 const ENTRY_COLUMNS =
-  'collection, "offset", document, v, kind, payload, source, src, seq, created_at AS createdAt'
+  'collection, "offset", document, v, kind, payload, source, src, seq, created_at AS createdAt, prev_offset AS prevOffset'
 
 function toEntry(row: EntryRow): StreamEntry {
   const entry: StreamEntry = {
@@ -33,6 +34,7 @@ function toEntry(row: EntryRow): StreamEntry {
   if (row.v !== null) entry.v = row.v
   if (row.src !== null) entry.src = row.src
   if (row.seq !== null) entry.seq = row.seq
+  if (row.prevOffset !== null) entry.prevOffset = row.prevOffset
   return entry
 }
 
@@ -52,9 +54,8 @@ export class StreamStore {
   private readonly selectHead: Statement<{ head: number }>
   private readonly selectFirst: Statement<{ first: number | null }>
   private readonly selectSince: Statement<EntryRow>
-  private readonly selectDocumentSince: Statement<EntryRow>
-  private readonly selectLastDocumentChanges: Statement<EntryRow>
-  private readonly selectBySrcSeq: Statement<EntryRow>
+  private readonly selectAt: Statement<EntryRow>
+  private readonly selectDocumentMessages: Statement<EntryRow>
   private readonly deleteOlderThan: Statement
   private readonly deleteUpTo: Statement
 
@@ -62,7 +63,7 @@ export class StreamStore {
     const { sqlite } = store
     this.epoch = this.loadEpoch()
     this.insertEntry = sqlite.prepare(
-      'INSERT INTO stream_entries (collection, "offset", document, v, kind, payload, source, src, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO stream_entries (collection, "offset", document, v, kind, payload, source, src, seq, created_at, prev_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
     )
     this.upsertHead = sqlite.prepare(
       'INSERT INTO streams (collection, head) VALUES (?, ?) ON CONFLICT (collection) DO UPDATE SET head = excluded.head',
@@ -74,14 +75,11 @@ export class StreamStore {
     this.selectSince = sqlite.prepare(
       `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND "offset" > ? AND "offset" <= ? ORDER BY "offset" LIMIT ?`,
     )
-    this.selectDocumentSince = sqlite.prepare(
-      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND document = ? AND "offset" > ? ORDER BY "offset"`,
+    this.selectAt = sqlite.prepare(
+      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND "offset" = ?`,
     )
-    this.selectLastDocumentChanges = sqlite.prepare(
-      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND document = ? AND kind != 'message' ORDER BY "offset" DESC LIMIT ?`,
-    )
-    this.selectBySrcSeq = sqlite.prepare(
-      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE src = ? AND seq = ? LIMIT 1`,
+    this.selectDocumentMessages = sqlite.prepare(
+      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND "offset" > ? AND document = ? AND kind = 'message' ORDER BY "offset"`,
     )
     this.deleteOlderThan = sqlite.prepare(
       'DELETE FROM stream_entries WHERE (collection, "offset") IN (SELECT collection, "offset" FROM stream_entries WHERE created_at < ? LIMIT ?)',
@@ -130,6 +128,7 @@ export class StreamStore {
       entry.src ?? null,
       entry.seq ?? null,
       entry.createdAt,
+      entry.prevOffset ?? null,
     )
     this.heads.set(entry.collection, offset)
     this.dirtyHeads.add(entry.collection)
@@ -154,20 +153,26 @@ export class StreamStore {
     return this.selectSince.all(collection, after, until, limit).map(toEntry)
   }
 
-  /** Every entry of a document after an offset, oldest first. */
-  readDocument(collection: string, document: string, after: number): StreamEntry[] {
-    return this.selectDocumentSince.all(collection, document, after).map(toEntry)
+  /**
+   * A document's changes, newest back to the one applied at `fromV`, walked
+   * along the chain from `lastOffset`; oldest first. Stops early where the
+   * chain is cut by retention: callers check that it reaches `fromV`.
+   */
+  changesBack(collection: string, lastOffset: number | null, fromV: number): StreamEntry[] {
+    const changes: StreamEntry[] = []
+    let offset = lastOffset
+    while (offset !== null) {
+      const row = this.selectAt.get(collection, offset)
+      if (!row || row.v === null || row.v < fromV) break
+      changes.push(toEntry(row))
+      offset = row.prevOffset
+    }
+    return changes.reverse()
   }
 
-  /** The last `count` ops/creates/dels of a document, oldest first. */
-  lastChanges(collection: string, document: string, count: number): StreamEntry[] {
-    return this.selectLastDocumentChanges.all(collection, document, count).reverse().map(toEntry)
-  }
-
-  /** The entry a client's `src`+`seq` already produced, if it is still held. */
-  findBySrcSeq(src: string, seq: number): StreamEntry | undefined {
-    const row = this.selectBySrcSeq.get(src, seq)
-    return row ? toEntry(row) : undefined
+  /** Channel messages on one document after an offset (a scan of the collection's newer entries). */
+  documentMessagesAfter(collection: string, document: string, after: number): StreamEntry[] {
+    return this.selectDocumentMessages.all(collection, after, document).map(toEntry)
   }
 
   /** Retention: drops up to `batch` entries older than `before` (ms); returns how many. */

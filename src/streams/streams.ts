@@ -79,19 +79,23 @@ export class Streams {
    * after the op that made `v`. Not recovered when an op in between is no
    * longer held, or `v` is ahead of the document.
    */
-  replayDocument(collection: string, document: string, v: number, current: number): Replay {
-    if (v > current) return { recovered: false, entries: [] }
-    // The op applied at v-1 (what the client last saw) marks where to resume.
-    const changes = this.store.lastChanges(collection, document, current - v + 1)
-    const needed = current - v
-    const heldFromV = changes.filter((change) => (change.v ?? -1) >= v)
-    if (heldFromV.length !== needed || (needed > 0 && heldFromV[0]?.v !== v))
-      return { recovered: false, entries: [] }
+  replayDocument(
+    collection: string,
+    document: string,
+    v: number,
+    position: { v: number; lastOffset: number | null },
+  ): Replay {
+    if (v > position.v) return { recovered: false, entries: [] }
+    // Back to the change applied at v-1 (what the client last saw), if held.
+    const changes = this.store.changesBack(collection, position.lastOffset, Math.max(0, v - 1))
+    const missed = changes.filter((change) => (change.v ?? -1) >= v)
+    if (missed.length !== position.v - v) return { recovered: false, entries: [] }
     const seen = changes.find((change) => change.v === v - 1)
     const after =
-      seen?.offset ??
-      (heldFromV[0] ? heldFromV[0].offset - 1 : v === 0 ? 0 : this.store.head(collection))
-    return { recovered: true, entries: this.store.readDocument(collection, document, after) }
+      seen?.offset ?? (missed[0] ? missed[0].offset - 1 : v === 0 ? 0 : this.store.head(collection))
+    const messages = this.store.documentMessagesAfter(collection, document, after)
+    const entries = [...missed, ...messages].sort((a, b) => a.offset - b.offset)
+    return { recovered: true, entries }
   }
 
   /** History API: stored entries after `since` (exclusive), oldest first. */
