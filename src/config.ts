@@ -25,7 +25,18 @@ export interface Config {
   historyTtl: number
   /** Seconds between retention passes. */
   historyPruneInterval: number
+  /** Largest presence state, bytes of JSON. */
+  presenceMaxSize: number
+  /** Presence updates sent per connection and channel per second, at most. */
+  presenceRate: number
+  /** Presence mode by collection-name prefix, longest prefix first; '' is the default. */
+  presenceModes: Array<{ prefix: string; mode: PresenceMode }>
+  /** Seconds an ended session is kept. */
+  sessionRetention: number
 }
+
+export type PresenceMode = 'full' | 'count' | 'off'
+const PRESENCE_MODES: readonly PresenceMode[] = ['full', 'count', 'off']
 
 export type Env = Record<string, string | undefined>
 
@@ -74,6 +85,24 @@ function oneOf<T extends string>(env: Env, name: string, fallback: T, allowed: r
 
 const DAY = 24 * 60 * 60
 
+/** `record_=count,view_=off,*=full`: a mode per collection-name prefix (`*` for the rest). */
+function presenceModes(env: Env): Config['presenceModes'] {
+  const raw = read(env, 'PRESENCE_MODES')
+  const modes: Config['presenceModes'] = []
+  for (const part of (raw ?? '').split(',')) {
+    if (part.trim() === '') continue
+    const [prefix, mode] = part.split('=').map((x) => x.trim())
+    if (prefix === undefined || prefix === '' || !PRESENCE_MODES.includes(mode as PresenceMode))
+      throw new ConfigError(
+        'PRESENCE_MODES',
+        `expected prefix=${PRESENCE_MODES.join('|')} pairs separated by commas, got "${part}"`,
+      )
+    modes.push({ prefix: prefix === '*' ? '' : prefix, mode: mode as PresenceMode })
+  }
+  if (!modes.some((m) => m.prefix === '')) modes.push({ prefix: '', mode: 'full' })
+  return modes.sort((a, b) => b.prefix.length - a.prefix.length)
+}
+
 export function loadConfig(env: Env): Config {
   const heartbeatInterval = number(env, 'HEARTBEAT_INTERVAL', 30, { min: 0.05, max: 3600 })
   const connectionTimeout = number(env, 'CONNECTION_TIMEOUT', 60, { min: 0.1, max: 86400 })
@@ -102,5 +131,13 @@ export function loadConfig(env: Env): Config {
     }),
     historyTtl: number(env, 'HISTORY_TTL', DAY, { min: 0.01, max: 365 * DAY }),
     historyPruneInterval: number(env, 'HISTORY_PRUNE_INTERVAL', 60, { min: 0.05, max: DAY }),
+    presenceMaxSize: number(env, 'PRESENCE_MAX_SIZE', 4096, {
+      min: 16,
+      max: 1024 * 1024,
+      integer: true,
+    }),
+    presenceRate: number(env, 'PRESENCE_RATE', 10, { min: 0.1, max: 1000 }),
+    presenceModes: presenceModes(env),
+    sessionRetention: number(env, 'SESSION_RETENTION', 7 * DAY, { min: 1, max: 3650 * DAY }),
   }
 }

@@ -14,6 +14,8 @@ import type { Connection } from './hub/connection.ts'
 import { Heartbeat } from './hub/heartbeat.ts'
 import { Hub } from './hub/hub.ts'
 import { createLogger, type Logger } from './observability/logger.ts'
+import { Presence } from './presence/presence.ts'
+import { SessionStore } from './presence/sessions.ts'
 import { encode } from './protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from './protocol/errors.ts'
 import { CommitQueue } from './streams/commit-queue.ts'
@@ -64,7 +66,18 @@ export function createServer(
   const queue = new CommitQueue(store.sqlite, streamStore, fanout, logger, [documentStore])
   const streams = new Streams(streamStore, queue)
   const documents = new Documents(queue, streamStore, documentStore)
-  const client = new ClientHandler(hub, documents, streams, config, logger)
+  const presence = new Presence(hub, config)
+  const sessions = new SessionStore(
+    store,
+    config.sessionRetention * 1000,
+    () => hub.connections(),
+    logger,
+  )
+  const dangling = sessions.closeDangling()
+  if (dangling > 0) logger.warn({ sessions: dangling }, 'closed sessions left open by a crash')
+  hub.listen(presence)
+  hub.listen(sessions)
+  const client = new ClientHandler(hub, documents, streams, presence, sessions, config, logger)
   const heartbeat = new Heartbeat(
     hub,
     config.heartbeatInterval * 1000,
@@ -116,7 +129,7 @@ export function createServer(
       return status(500, errorBody(ErrorCode.Internal, 'internal error'))
     })
     .use(openapiRoutes(pkg.version))
-    .use(apiRoutes({ hub, documents, streams }))
+    .use(apiRoutes({ hub, documents, streams, presence, sessions }))
     .use(socketRoute(client))
 
   app.listen({
@@ -130,6 +143,7 @@ export function createServer(
   hub.attach(new BunTopicBroker(server))
   heartbeat.start()
   retention.start()
+  sessions.start()
   const port = server.port ?? config.port
   logger.info({ port, host: config.host, db: config.dbPath, epoch: streamStore.epoch }, 'listening')
 
@@ -153,6 +167,7 @@ export function createServer(
       await Promise.race([socketsClosed, Bun.sleep(SHUTDOWN_GRACE_MS)])
       await server.stop(true)
       queue.flush() // anything REST requests queued while sockets were closing
+      sessions.stop()
       store.close()
       logger.info('stopped')
     },

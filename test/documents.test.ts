@@ -322,7 +322,7 @@ describe('bad submits leave no trace', () => {
     ['seq that is not a number', { op: [{ p: ['a'], oi: 1 }], src: 's', seq: 'one' }, 400],
   ]
 
-  test.each(cases)('%s → %d', async (_name, fields, code) => {
+  test.each(cases)('%s', async (_name, fields, code) => {
     const { writer, watcher, collection, close } = await pair()
     await writer.ok({
       type: 'submit',

@@ -232,15 +232,17 @@ describe('stats', () => {
       // in: 4 subscribe, 1 + 3 (settle) pings, 1 invalid, 1 nope (counted as invalid: unknown type)
       expect(body.messages.in_by_type).toEqual({ subscribe: 4, ping: 4, invalid: 2 })
       expect(body.messages.in).toBe(10)
-      // out: 3 connected, 4 subscribe, 4 pong, 2 error, 2 message (record_t1.r1 → a, b), 2 message (user ub)
+      // out: 3 connected, 4 subscribe, 4 pong, 2 error, 2 message (record_t1.r1 → a, b), 2 message (user ub),
+      // 2 presence (b joining record_t1: a is told, b is sent a's entry)
       expect(body.messages.out_by_type).toEqual({
         connected: 3,
         subscribe: 4,
         pong: 4,
         error: 2,
         message: 4,
+        presence: 2,
       })
-      expect(body.messages.out).toBe(17)
+      expect(body.messages.out).toBe(19)
       expect(body.errors).toEqual({ total: 2, by_code: { '400': 2 } })
       expect(body.uptime).toBeGreaterThanOrEqual(0)
 

@@ -29,6 +29,7 @@ test('migrations apply once to a new database and are recorded', () => {
   expect(tables.map((t) => t.name).sort()).toEqual([
     'documents',
     'meta',
+    'sessions',
     'stream_entries',
     'streams',
   ])

@@ -43,6 +43,9 @@ test('the spec documents every REST route with schemas and hides the socket and 
       'POST /api/ws/publish/field',
       'POST /api/ws/publish/table',
       'GET /api/ws/history',
+      'GET /api/ws/presence',
+      'GET /api/ws/online',
+      'GET /api/ws/sessions',
       'GET /api/ws/documents/{collection}/{id}',
     ].sort(),
   )

@@ -62,3 +62,26 @@ export const documents = sqliteTable(
   },
   (table) => [primaryKey({ columns: [table.collection, table.id] })],
 )
+
+/** One row per WebSocket connection, live or ended. */
+export const sessions = sqliteTable(
+  'sessions',
+  {
+    connectionId: text('connection_id').primaryKey(),
+    userId: text('user_id').notNull(),
+    sessionId: text('session_id').notNull(),
+    /** The client's name and version, from `connect` `{data:{client}}`. */
+    client: text('client'),
+    userAgent: text('user_agent'),
+    remoteAddress: text('remote_address'),
+    connectedAt: integer('connected_at').notNull(),
+    /** Written every few seconds for live connections, not on every message. */
+    lastSeen: integer('last_seen').notNull(),
+    endedAt: integer('ended_at'),
+    endReason: text('end_reason'),
+  },
+  (table) => [
+    index('sessions_user').on(table.userId, table.connectedAt),
+    index('sessions_ended').on(table.endedAt),
+  ],
+)

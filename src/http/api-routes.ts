@@ -1,8 +1,11 @@
 import { Elysia, t } from 'elysia'
 import type { Documents, SubmitRequest } from '../documents/documents.ts'
 import type { OpComponent } from '../documents/json0.ts'
+import type { Connection } from '../hub/connection.ts'
 import type { Hub } from '../hub/hub.ts'
 import { total } from '../hub/stats.ts'
+import type { Presence } from '../presence/presence.ts'
+import type { SessionStore } from '../presence/sessions.ts'
 import { NAME_PATTERN, parseChannel } from '../protocol/channels.ts'
 import { encode } from '../protocol/envelope.ts'
 import { Op } from '../protocol/messages.ts'
@@ -30,10 +33,37 @@ export interface ApiParts {
   hub: Hub
   documents: Documents
   streams: Streams
+  presence: Presence
+  sessions: SessionStore
 }
 
+const iso = (ms: number) => new Date(ms).toISOString()
+
+/** A live connection as the online and sessions routes show it. */
+function liveSession(connection: Connection) {
+  return {
+    connection_id: connection.id,
+    session_id: connection.sessionId,
+    client: connection.client ?? null,
+    user_agent: connection.userAgent,
+    remote_address: connection.remoteAddress,
+    connected_at: iso(connection.connectedAt),
+    last_seen: iso(connection.lastSeen),
+  }
+}
+
+const Session = t.Object({
+  connection_id: t.String(),
+  session_id: t.String(),
+  client: t.Nullable(t.String()),
+  user_agent: t.Nullable(t.String()),
+  remote_address: t.Nullable(t.String()),
+  connected_at: t.String({ format: 'date-time' }),
+  last_seen: t.String({ format: 'date-time' }),
+})
+
 /** The REST server API under /api/ws (the table app's backend calls it). */
-export function apiRoutes({ hub, documents, streams }: ApiParts) {
+export function apiRoutes({ hub, documents, streams, presence, sessions }: ApiParts) {
   const publish = (collection: string, document: string, operation: OpComponent[], v?: number) => {
     const request: SubmitRequest = { collection, document, op: operation, source: 'server' }
     if (v !== undefined) request.v = v
@@ -246,6 +276,82 @@ export function apiRoutes({ hub, documents, streams }: ApiParts) {
           summary: 'Stored messages of a collection',
           description:
             'The held entries after `since`, oldest first, in the same form clients receive them (`op` and `message` frames). `head` is the last offset handed out; entries older than the retention limits are gone.',
+        },
+      },
+    )
+    .get('/presence', ({ query }) => presence.view(parseChannel(query.channel)), {
+      query: t.Object({
+        channel: t.String({ description: '`collection` or `collection.document`' }),
+      }),
+      detail: {
+        tags: ['presence'],
+        summary: 'Who is in a channel now',
+        description:
+          'The picture a subscriber of the channel gets: in `full` mode every user present, with one entry (connection, session, presence state, join time) per connection; in `count` mode the numbers only; `off` when presence is switched off for the collection.',
+      },
+    })
+    .get(
+      '/online',
+      () => {
+        const users = [...hub.users()].map(([user_id, connections]) => ({
+          user_id,
+          sessions: [...connections].map(liveSession),
+        }))
+        return { users: users.length, online: users }
+      },
+      {
+        response: {
+          200: t.Object({
+            users: t.Integer(),
+            online: t.Array(t.Object({ user_id: t.String(), sessions: t.Array(Session) })),
+          }),
+        },
+        detail: {
+          tags: ['presence'],
+          summary: 'Online users',
+          description:
+            'A user is online while any of their connections is open; each live connection is one session.',
+        },
+      },
+    )
+    .get(
+      '/sessions',
+      ({ query }) => {
+        const rows = sessions.list(query.user_id, query.limit ?? 100)
+        return {
+          user_id: query.user_id,
+          sessions: rows.map((row) => {
+            const connection = hub.getById(row.connectionId)
+            const live = connection?.open === true
+            return {
+              ...(live && connection
+                ? liveSession(connection)
+                : {
+                    connection_id: row.connectionId,
+                    session_id: row.sessionId,
+                    client: row.client,
+                    user_agent: row.userAgent,
+                    remote_address: row.remoteAddress,
+                    connected_at: iso(row.connectedAt),
+                    last_seen: iso(row.lastSeen),
+                  }),
+              live,
+              ended_at: live || row.endedAt === null ? null : iso(row.endedAt),
+              end_reason: live ? null : row.endReason,
+            }
+          }),
+        }
+      },
+      {
+        query: t.Object({
+          user_id: t.String({ minLength: 1 }),
+          limit: t.Optional(t.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+        }),
+        detail: {
+          tags: ['presence'],
+          summary: "A user's sessions, live and ended",
+          description:
+            'Newest first. `end_reason` is `client` (sent disconnect), `client_close` (closed the socket), `timeout`, `shutdown`, `message_too_big`, or `server_restart` (open when the server crashed). Ended sessions are kept for SESSION_RETENTION.',
         },
       },
     )

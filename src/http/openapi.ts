@@ -46,6 +46,7 @@ export function openapiRoutes(version: string) {
               description: 'json0 ops on documents, as the table backend commits them',
             },
             { name: 'history', description: 'Stored stream entries' },
+            { name: 'presence', description: 'Who is online, where, doing what' },
             { name: 'documents', description: 'Snapshots' },
           ],
         },

@@ -29,10 +29,13 @@ export function socketRoute(client: ClientHandler) {
         return refuse(400, 'session_id is too long', 'session_id')
     },
     open(ws) {
-      const { query } = ws.data
-      const userId = (query.user_id ?? '').trim()
-      const sessionId = query.session_id?.trim() || crypto.randomUUID()
-      client.open(ws.raw, userId, sessionId)
+      const { query, headers } = ws.data
+      client.open(ws.raw, {
+        userId: (query.user_id ?? '').trim(),
+        sessionId: query.session_id?.trim() || crypto.randomUUID(),
+        userAgent: headers['user-agent'] ?? null,
+        remoteAddress: ws.raw.remoteAddress || null,
+      })
     },
     pong(ws) {
       client.alive(ws)

@@ -1,6 +1,8 @@
 import type { Config } from '../config.ts'
 import type { Documents } from '../documents/documents.ts'
 import type { Logger } from '../observability/logger.ts'
+import type { Presence } from '../presence/presence.ts'
+import type { SessionStore } from '../presence/sessions.ts'
 import { channelName } from '../protocol/channels.ts'
 import { encode } from '../protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
@@ -9,7 +11,7 @@ import { parseClientMessage } from '../protocol/validate.ts'
 import { entryMessage } from '../streams/entry.ts'
 import type { Replay, Streams } from '../streams/streams.ts'
 import type { Connection, Socket } from './connection.ts'
-import type { Hub } from './hub.ts'
+import type { ClientInfo, Hub } from './hub.ts'
 
 /** A successful reply: its type (usually the request's) and data. */
 interface Reply {
@@ -30,12 +32,15 @@ export class ClientHandler {
     private readonly hub: Hub,
     private readonly documents: Documents,
     private readonly streams: Streams,
+    private readonly presence: Presence,
+    private readonly sessions: SessionStore,
     private readonly config: Config,
     private readonly logger: Logger,
   ) {}
 
-  open(socket: Socket, userId: string, sessionId: string): Connection {
-    const connection = this.hub.register(socket, userId, sessionId, Date.now())
+  open(socket: Socket, info: ClientInfo): Connection {
+    const connection = this.hub.register(socket, info, Date.now())
+    const { userId, sessionId } = info
     this.hub.send(
       connection,
       'connected',
@@ -126,6 +131,10 @@ export class ClientHandler {
   private dispatch(connection: Connection, message: ClientMessage): Reply | undefined {
     switch (message.type) {
       case 'connect':
+        if (message.data?.client !== undefined && message.data.client !== connection.client) {
+          connection.client = message.data.client
+          this.sessions.named(connection)
+        }
         return { type: 'connected', data: this.connectedPayload(connection) }
       case 'ping':
         return {
@@ -137,7 +146,7 @@ export class ClientHandler {
       case 'subscribe':
         return this.subscribe(connection, message)
       case 'unsubscribe':
-        this.hub.unsubscribe(connection, message)
+        if (this.hub.unsubscribe(connection, message)) this.presence.leave(connection, message)
         return {
           type: 'unsubscribe',
           data: { channel: channelName(message.collection, message.document) },
@@ -156,8 +165,9 @@ export class ClientHandler {
   }
 
   /**
-   * Replays what the client missed, subscribes, then replies — all in one
-   * synchronous step, so nothing published meanwhile is lost or doubled.
+   * Replays what the client missed, subscribes, sends the channel's presence,
+   * then replies — all in one synchronous step, so nothing published
+   * meanwhile is lost or doubled.
    */
   private subscribe(connection: Connection, message: MessageOf<'subscribe'>): Reply {
     const { collection, document, since } = message
@@ -191,7 +201,8 @@ export class ClientHandler {
         const fields = entryMessage(entry, this.streams.epoch)
         this.hub.send(connection, fields.type, encode(fields, entry.createdAt))
       }
-    this.hub.subscribe(connection, { collection, document })
+    if (this.hub.subscribe(connection, { collection, document }))
+      this.presence.join(connection, { collection, document })
     data.offset = this.streams.head(collection)
     if (replay) data.recovered = replay.recovered
     return { type: 'subscribe', data }

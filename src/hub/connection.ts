@@ -22,6 +22,8 @@ export class Connection {
   lastPing: number
   /** Set once the server decided to close it, so it is closed only once. */
   endReason: EndReason | undefined
+  /** The client's name, from `connect` `{data:{client}}`. */
+  client: string | undefined
 
   constructor(
     readonly socket: Socket,
@@ -29,6 +31,8 @@ export class Connection {
     readonly userId: string,
     readonly sessionId: string,
     readonly connectedAt: number,
+    readonly userAgent: string | null,
+    readonly remoteAddress: string | null,
   ) {
     this.lastSeen = connectedAt
     this.lastPing = connectedAt

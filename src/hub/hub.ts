@@ -9,9 +9,19 @@ import { Stats } from './stats.ts'
 const collectionTopic = (collection: string) => `c:${collection}`
 const documentTopic = (collection: string, document: string) => `d:${collection}.${document}`
 const userTopic = (userId: string) => `u:${userId}`
+const presenceTopic = (channel: string) => `p:${channel}`
 
 export interface ConnectionListener {
+  onOpen?(connection: Connection): void
   onClose?(connection: Connection, reason: EndReason): void
+}
+
+/** Who is on the other end, as the upgrade request told. */
+export interface ClientInfo {
+  userId: string
+  sessionId: string
+  userAgent: string | null
+  remoteAddress: string | null
 }
 
 /**
@@ -45,8 +55,17 @@ export class Hub {
     return this.broker
   }
 
-  register(socket: Socket, userId: string, sessionId: string, now: number): Connection {
-    const connection = new Connection(socket, crypto.randomUUID(), userId, sessionId, now)
+  register(socket: Socket, info: ClientInfo, now: number): Connection {
+    const { userId, sessionId, userAgent, remoteAddress } = info
+    const connection = new Connection(
+      socket,
+      crypto.randomUUID(),
+      userId,
+      sessionId,
+      now,
+      userAgent,
+      remoteAddress,
+    )
     this.bySocket.set(socket, connection)
     this.byId.set(connection.id, connection)
     let tabs = this.byUser.get(userId)
@@ -56,6 +75,7 @@ export class Hub {
     }
     tabs.add(connection)
     this.fanout.subscribe(socket, userTopic(userId))
+    for (const listener of this.listeners) listener.onOpen?.(connection)
     return connection
   }
 
@@ -86,6 +106,11 @@ export class Hub {
 
   connections(): IterableIterator<Connection> {
     return this.bySocket.values()
+  }
+
+  /** Every online user with their live connections. */
+  users(): IterableIterator<[string, ReadonlySet<Connection>]> {
+    return this.byUser.entries()
   }
 
   get connectionCount(): number {
@@ -158,6 +183,23 @@ export class Hub {
       topics,
       frame,
       exclude?.map((connection) => connection.socket),
+    )
+    this.stats.countOut(type, delivered)
+    return delivered
+  }
+
+  /** Joins or leaves the channel's presence topic (members only, exactly that channel). */
+  followPresence(connection: Connection, channel: string, on: boolean): void {
+    if (on) this.fanout.subscribe(connection.socket, presenceTopic(channel))
+    else this.fanout.unsubscribe(connection.socket, presenceTopic(channel))
+  }
+
+  /** Sends to the presence members of exactly this channel, optionally not to one of them. */
+  publishPresence(channel: string, type: string, frame: string, exclude?: Connection): number {
+    const delivered = this.fanout.publish(
+      [presenceTopic(channel)],
+      frame,
+      exclude ? [exclude.socket] : undefined,
     )
     this.stats.countOut(type, delivered)
     return delivered
