@@ -291,7 +291,7 @@ export async function silentSocket(server: { port: number }, query: string): Pro
     })
   })
   socket.write(
-    `GET /api/ws/socket?${query} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+    `GET /api/ws/socket?${query} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: teable-realtime-tests\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
   )
   await upgraded
   const sendText = (text: string) => {

@@ -156,11 +156,13 @@ export class ClientHandler {
       case 'submit':
         this.submit(connection, message)
         return undefined
-      case 'presence':
-        throw new ProtocolError(
-          ErrorCode.BadRequest,
-          'presence is not available on this server yet',
-        )
+      case 'presence': {
+        const mode = this.presence.set(connection, message, message.data)
+        return {
+          type: 'presence',
+          data: { channel: channelName(message.collection, message.document), mode },
+        }
+      }
     }
   }
 
