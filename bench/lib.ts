@@ -69,6 +69,10 @@ export async function startOurs(
     // "listening" (with the port) is an info line; nothing is logged per message.
     LOG_LEVEL: 'info',
     DB_PATH: join(dir, 'bench.db'),
+    // One load process plays thousands of clients from four addresses.
+    MAX_CONNECTIONS: '50000',
+    CONNECT_RATE_PER_IP: '1000000',
+    MESSAGE_RATE: '1000000',
     ...env,
   })
   return { ...child, cleanup: () => rmSync(dir, { recursive: true, force: true }) }

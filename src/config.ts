@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs'
+
 /**
  * Configuration: the only place that reads the environment. Every value has a
  * default here; a bad value throws a ConfigError naming the variable, and
@@ -33,6 +35,27 @@ export interface Config {
   presenceModes: Array<{ prefix: string; mode: PresenceMode }>
   /** Seconds an ended session is kept. */
   sessionRetention: number
+  /** HS256 secret for connection tokens; with authPublicKey unset, auth mode is on when set. */
+  authSecret: string | undefined
+  /** PEM public key (RS256 or ES256) for connection tokens. */
+  authPublicKey: string | undefined
+  /** Bearer token for the REST API, /metrics and /admin; without it they answer loopback only. */
+  adminToken: string | undefined
+  /** Take the client address from X-Forwarded-For (behind a proxy). */
+  trustProxy: boolean
+  maxConnections: number
+  maxConnectionsPerUser: number
+  maxSubscriptionsPerConnection: number
+  /** Upgrade attempts per remote address per second (twice that in a burst). */
+  connectRatePerIp: number
+  /** Messages per connection per second (twice that in a burst). */
+  messageRate: number
+  /** Deepest JSON nesting accepted in a frame. */
+  maxJsonDepth: number
+  /** Most components in one op. */
+  maxOpComponents: number
+  /** Bytes queued for a client that does not read before it is disconnected. */
+  maxSendBuffer: number
 }
 
 export type PresenceMode = 'full' | 'count' | 'off'
@@ -103,7 +126,30 @@ function presenceModes(env: Env): Config['presenceModes'] {
   return modes.sort((a, b) => b.prefix.length - a.prefix.length)
 }
 
+function flag(env: Env, name: string): boolean {
+  const raw = read(env, name)?.toLowerCase()
+  if (raw === undefined || raw === 'false' || raw === '0' || raw === 'no') return false
+  if (raw === 'true' || raw === '1' || raw === 'yes') return true
+  throw new ConfigError(name, `expected true or false, got "${raw}"`)
+}
+
+/** A PEM in the variable itself, or the path of a file holding one. */
+function pem(env: Env, name: string): string | undefined {
+  const raw = read(env, name)
+  if (raw === undefined || raw.includes('-----BEGIN')) return raw?.replaceAll('\\n', '\n')
+  try {
+    return readFileSync(raw, 'utf8')
+  } catch {
+    throw new ConfigError(name, `not a PEM key and not a readable file: "${raw}"`)
+  }
+}
+
 export function loadConfig(env: Env): Config {
+  if (read(env, 'AUTH_SECRET') !== undefined && read(env, 'AUTH_PUBLIC_KEY') !== undefined)
+    throw new ConfigError(
+      'AUTH_PUBLIC_KEY',
+      'set AUTH_SECRET (HS256) or AUTH_PUBLIC_KEY (RS256/ES256), not both',
+    )
   const heartbeatInterval = number(env, 'HEARTBEAT_INTERVAL', 30, { min: 0.05, max: 3600 })
   const connectionTimeout = number(env, 'CONNECTION_TIMEOUT', 60, { min: 0.1, max: 86400 })
   if (connectionTimeout <= heartbeatInterval)
@@ -139,5 +185,37 @@ export function loadConfig(env: Env): Config {
     presenceRate: number(env, 'PRESENCE_RATE', 10, { min: 0.1, max: 1000 }),
     presenceModes: presenceModes(env),
     sessionRetention: number(env, 'SESSION_RETENTION', 7 * DAY, { min: 1, max: 3650 * DAY }),
+    authSecret: read(env, 'AUTH_SECRET'),
+    authPublicKey: pem(env, 'AUTH_PUBLIC_KEY'),
+    adminToken: read(env, 'ADMIN_TOKEN'),
+    trustProxy: flag(env, 'TRUST_PROXY'),
+    maxConnections: number(env, 'MAX_CONNECTIONS', 10_000, {
+      min: 1,
+      max: 10_000_000,
+      integer: true,
+    }),
+    maxConnectionsPerUser: number(env, 'MAX_CONNECTIONS_PER_USER', 50, {
+      min: 1,
+      max: 1_000_000,
+      integer: true,
+    }),
+    maxSubscriptionsPerConnection: number(env, 'MAX_SUBSCRIPTIONS_PER_CONNECTION', 128, {
+      min: 1,
+      max: 1_000_000,
+      integer: true,
+    }),
+    connectRatePerIp: number(env, 'CONNECT_RATE_PER_IP', 20, { min: 0.1, max: 1_000_000 }),
+    messageRate: number(env, 'MESSAGE_RATE', 100, { min: 0.1, max: 10_000_000 }),
+    maxJsonDepth: number(env, 'MAX_JSON_DEPTH', 32, { min: 2, max: 1000, integer: true }),
+    maxOpComponents: number(env, 'MAX_OP_COMPONENTS', 1000, {
+      min: 1,
+      max: 1_000_000,
+      integer: true,
+    }),
+    maxSendBuffer: number(env, 'MAX_SEND_BUFFER', 1024 * 1024, {
+      min: 1024,
+      max: 1024 * 1024 * 1024,
+      integer: true,
+    }),
   }
 }

@@ -1,6 +1,7 @@
 import type { Server } from 'bun'
 import { Elysia, status, ValidationError } from 'elysia'
 import pkg from '../package.json' with { type: 'json' }
+import { Gate } from './auth/gate.ts'
 import type { Config } from './config.ts'
 import { openStore } from './db/database.ts'
 import { DocumentStore } from './documents/document-store.ts'
@@ -65,7 +66,7 @@ export function createServer(
   }
   const queue = new CommitQueue(store.sqlite, streamStore, fanout, logger, [documentStore])
   const streams = new Streams(streamStore, queue)
-  const documents = new Documents(queue, streamStore, documentStore)
+  const documents = new Documents(queue, streamStore, documentStore, config.maxOpComponents)
   const presence = new Presence(hub, config)
   const sessions = new SessionStore(
     store,
@@ -77,11 +78,26 @@ export function createServer(
   if (dangling > 0) logger.warn({ sessions: dangling }, 'closed sessions left open by a crash')
   hub.listen(presence)
   hub.listen(sessions)
-  const client = new ClientHandler(hub, documents, streams, presence, sessions, config, logger)
+  const gate = new Gate(config, hub)
+  if (!gate.authMode)
+    logger.warn(
+      'open mode: neither AUTH_SECRET nor AUTH_PUBLIC_KEY is set, so any client may connect as any user_id and read or write any channel',
+    )
+  const client = new ClientHandler(
+    hub,
+    documents,
+    streams,
+    presence,
+    sessions,
+    gate,
+    config,
+    logger,
+  )
   const heartbeat = new Heartbeat(
     hub,
     config.heartbeatInterval * 1000,
     config.connectionTimeout * 1000,
+    config.maxSendBuffer,
   )
   const retention = new Retention(
     streamStore,
@@ -96,6 +112,10 @@ export function createServer(
     // Only options given here reach Bun.serve's websocket (per-route ones are ignored).
     websocket: {
       maxPayloadLength: transportFrameLimit(config.maxMessageSize),
+      // The Heartbeat disconnects slow consumers at MAX_SEND_BUFFER; past
+      // this hard cap Bun would drop messages, so it must close instead.
+      backpressureLimit: config.maxSendBuffer * 4,
+      closeOnBackpressureLimit: true,
       // The Heartbeat owns liveness (CONNECTION_TIMEOUT), not Bun.
       idleTimeout: 0,
       sendPings: false,
@@ -129,8 +149,8 @@ export function createServer(
       return status(500, errorBody(ErrorCode.Internal, 'internal error'))
     })
     .use(openapiRoutes(pkg.version))
-    .use(apiRoutes({ hub, documents, streams, presence, sessions }))
-    .use(socketRoute(client))
+    .use(apiRoutes({ hub, documents, streams, presence, sessions, gate }))
+    .use(socketRoute(client, gate))
 
   app.listen({
     port: config.port,

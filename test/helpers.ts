@@ -22,6 +22,12 @@ export interface TestServer extends RealtimeServer {
   close(): Promise<void>
 }
 
+/**
+ * Tests open many sockets and send bursts from one address; the rate limits
+ * are raised for them (test/limits.test.ts sets its own).
+ */
+export const TEST_LIMITS = { CONNECT_RATE_PER_IP: '100000', MESSAGE_RATE: '100000' }
+
 /** A fresh temporary directory, removed by the returned cleanup. */
 export function tempDir(): { path: string; remove(): void } {
   const path = mkdtempSync(join(tmpdir(), 'teable-realtime-test-'))
@@ -36,6 +42,7 @@ export function startServer(env: Env = {}): TestServer {
     HOST: '127.0.0.1',
     DB_PATH: join(dir.path, 'realtime.db'),
     LOG_LEVEL: 'silent',
+    ...TEST_LIMITS,
     ...env,
   })
   const server = createServer(config, createLogger(config))
@@ -327,7 +334,14 @@ export interface ServerProcess {
 export async function spawnServer(env: Record<string, string>): Promise<ServerProcess> {
   const proc = Bun.spawn(['bun', 'src/main.ts'], {
     cwd: `${import.meta.dir}/..`,
-    env: { ...process.env, SOCKET_PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env },
+    env: {
+      ...process.env,
+      SOCKET_PORT: '0',
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'info',
+      ...TEST_LIMITS,
+      ...env,
+    },
     stdout: 'pipe',
     stderr: 'pipe',
   })

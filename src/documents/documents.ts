@@ -50,6 +50,7 @@ export class Documents {
     private readonly queue: CommitQueue,
     private readonly streams: StreamStore,
     private readonly store: DocumentStore,
+    private readonly maxOpComponents: number,
   ) {}
 
   /**
@@ -65,6 +66,12 @@ export class Documents {
         throw badRequest('a submit needs exactly one of op, create, del', { field: 'op' })
       if (request.create && request.create.data === undefined)
         throw badRequest('create needs data', { field: 'create.data' })
+      if (request.op && request.op.length > this.maxOpComponents)
+        throw new ProtocolError(
+          ErrorCode.TooLarge,
+          `the op has ${request.op.length} components; the limit is ${this.maxOpComponents}`,
+          { field: 'op', limit: this.maxOpComponents },
+        )
       op = request.op ? normalizeOp(request.op) : undefined
     } catch (error) {
       settle(error as ProtocolError, undefined)

@@ -1,4 +1,6 @@
-import { Elysia, t } from 'elysia'
+import type { Server } from 'bun'
+import { Elysia, status, t } from 'elysia'
+import type { Gate } from '../auth/gate.ts'
 import type { Documents, SubmitRequest } from '../documents/documents.ts'
 import type { OpComponent } from '../documents/json0.ts'
 import type { Connection } from '../hub/connection.ts'
@@ -35,6 +37,22 @@ export interface ApiParts {
   streams: Streams
   presence: Presence
   sessions: SessionStore
+  gate: Gate
+}
+
+/**
+ * The server API's guard (also for /metrics and /admin): ADMIN_TOKEN as a
+ * Bearer token, or loopback callers when no ADMIN_TOKEN is set.
+ */
+export function adminGuard(gate: Gate) {
+  return ({ request, server }: { request: Request; server: Server<unknown> | null }) => {
+    const refusal = gate.admitAdmin(
+      request,
+      gate.clientAddress(request, server?.requestIP(request)?.address),
+    )
+    if (refusal)
+      return status(refusal.status, { error: { code: refusal.status, message: refusal.message } })
+  }
 }
 
 const iso = (ms: number) => new Date(ms).toISOString()
@@ -63,7 +81,7 @@ const Session = t.Object({
 })
 
 /** The REST server API under /api/ws (the table app's backend calls it). */
-export function apiRoutes({ hub, documents, streams, presence, sessions }: ApiParts) {
+export function apiRoutes({ hub, documents, streams, presence, sessions, gate }: ApiParts) {
   const publish = (collection: string, document: string, operation: OpComponent[], v?: number) => {
     const request: SubmitRequest = { collection, document, op: operation, source: 'server' }
     if (v !== undefined) request.v = v
@@ -82,6 +100,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions }: ApiPa
   const errors = { 400: ErrorReply, 404: ErrorReply, 409: ErrorReply }
 
   return new Elysia({ name: 'api-routes', prefix: '/api/ws' })
+    .onBeforeHandle(adminGuard(gate))
     .get(
       '/stats',
       () => ({

@@ -1,41 +1,62 @@
 import type { ServerWebSocket, WebSocketHandler } from 'bun'
 import { Elysia, status, t } from 'elysia'
+import type { Gate } from '../auth/gate.ts'
+import type { Identity } from '../auth/tokens.ts'
 import type { ClientHandler } from '../hub/client.ts'
+import type { Socket } from '../hub/connection.ts'
 
 const SocketQuery = t.Object({
   user_id: t.Optional(t.String()),
   session_id: t.Optional(t.String()),
+  token: t.Optional(t.String()),
 })
 
-const MAX_ID_LENGTH = 256
-
-function refuse(code: 400, message: string, field: string) {
-  return status(code, { error: { code, message, details: { field } } })
+interface Admitted {
+  userId: string
+  identity: Identity | undefined
+  address: string
 }
 
 /**
- * `GET /api/ws/socket`: the upgrade and the connection's open, pong and close,
- * handed to the ClientHandler. Its frames arrive through socketFrames.
+ * `GET /api/ws/socket`: admission (token, limits) before the upgrade, so a
+ * refusal is an HTTP error with a JSON body; then the connection's open,
+ * pong and close, handed to the ClientHandler. Its frames arrive through
+ * socketFrames.
  */
-export function socketRoute(client: ClientHandler) {
+export function socketRoute(client: ClientHandler, gate: Gate) {
+  // What admission learned, from the upgrade request to the socket's open.
+  const admitted = new WeakMap<Request, Admitted>()
   return new Elysia({ name: 'socket-route' }).ws('/api/ws/socket', {
     query: SocketQuery,
     detail: { hide: true },
-    beforeHandle({ query }) {
-      const userId = query.user_id?.trim()
-      if (!userId) return refuse(400, 'user_id is required', 'user_id')
-      if (userId.length > MAX_ID_LENGTH) return refuse(400, 'user_id is too long', 'user_id')
-      if ((query.session_id?.length ?? 0) > MAX_ID_LENGTH)
-        return refuse(400, 'session_id is too long', 'session_id')
+    async beforeHandle({ query, request, server }) {
+      const address = gate.clientAddress(request, server?.requestIP(request)?.address)
+      const admission = await gate.admitSocket(request, query, address)
+      if (!admission.ok) {
+        const { status: code, message, field } = admission.refusal
+        client.refused(code, message, address)
+        return status(code, {
+          error: field ? { code, message, details: { field } } : { code, message },
+        })
+      }
+      admitted.set(request, { userId: admission.userId, identity: admission.identity, address })
     },
     open(ws) {
-      const { query, headers } = ws.data
-      client.open(ws.raw, {
-        userId: (query.user_id ?? '').trim(),
-        sessionId: query.session_id?.trim() || crypto.randomUUID(),
-        userAgent: headers['user-agent'] ?? null,
-        remoteAddress: ws.raw.remoteAddress || null,
-      })
+      const { query, headers, request } = ws.data
+      const admission = admitted.get(request)
+      admitted.delete(request)
+      const socket = ws.raw
+      if (!admission || !isBunSocket(socket)) return ws.close(1011, 'not admitted')
+      client.open(
+        socket,
+        {
+          userId: admission.userId,
+          sessionId: query.session_id?.trim() || crypto.randomUUID(),
+          userAgent: headers['user-agent'] ?? null,
+          remoteAddress: admission.address,
+        },
+        admission.identity,
+      )
     },
     pong(ws) {
       client.alive(ws)
@@ -44,6 +65,11 @@ export function socketRoute(client: ClientHandler) {
       client.close(ws.raw, code)
     },
   })
+}
+
+/** Elysia re-declares Bun's socket type without getBufferedAmount; the object is Bun's. */
+function isBunSocket(raw: Omit<Socket, 'getBufferedAmount'>): raw is Socket {
+  return 'getBufferedAmount' in raw
 }
 
 /**

@@ -1,9 +1,13 @@
+import type { Gate } from '../auth/gate.ts'
+import { TokenBucket } from '../auth/limits.ts'
+import { forbidden } from '../auth/permissions.ts'
+import type { Identity } from '../auth/tokens.ts'
 import type { Config } from '../config.ts'
 import type { Documents } from '../documents/documents.ts'
 import type { Logger } from '../observability/logger.ts'
 import type { Presence } from '../presence/presence.ts'
 import type { SessionStore } from '../presence/sessions.ts'
-import { channelName } from '../protocol/channels.ts'
+import { type ChannelRef, channelName, parseChannel } from '../protocol/channels.ts'
 import { encode } from '../protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import type { ClientMessage, MessageOf } from '../protocol/messages.ts'
@@ -34,12 +38,26 @@ export class ClientHandler {
     private readonly streams: Streams,
     private readonly presence: Presence,
     private readonly sessions: SessionStore,
+    private readonly gate: Gate,
     private readonly config: Config,
     private readonly logger: Logger,
   ) {}
 
-  open(socket: Socket, info: ClientInfo): Connection {
-    const connection = this.hub.register(socket, info, Date.now())
+  /** An upgrade refused before it became a connection (logged for operators). */
+  refused(code: number, reason: string, address: string): void {
+    this.logger.warn({ code, reason, remote_address: address }, 'connection refused')
+  }
+
+  open(socket: Socket, info: ClientInfo, identity: Identity | undefined): Connection {
+    const now = Date.now()
+    const connection = this.hub.register(socket, info, now)
+    connection.grants = identity?.grants
+    connection.expiresAt = identity?.expiresAt
+    connection.messageBucket = new TokenBucket(
+      this.config.messageRate,
+      this.config.messageRate * 2,
+      now,
+    )
     const { userId, sessionId } = info
     this.hub.send(
       connection,
@@ -53,7 +71,7 @@ export class ClientHandler {
     return connection
   }
 
-  close(socket: Socket, code: number): void {
+  close(socket: object, code: number): void {
     const connection = this.hub.unregister(socket)
     if (connection)
       this.logger.info(
@@ -80,7 +98,7 @@ export class ClientHandler {
   }
 
   /** A pong (or any sign of life) keeps the connection from timing out. */
-  alive(socket: Socket): void {
+  alive(socket: object): void {
     const connection = this.hub.get(socket)
     if (connection) connection.lastSeen = Date.now()
   }
@@ -89,8 +107,9 @@ export class ClientHandler {
   message(socket: Socket, frame: string | Uint8Array): void {
     const connection = this.hub.get(socket)
     if (!connection?.open) return
-    connection.lastSeen = Date.now()
-    const parsed = parseClientMessage(frame)
+    const now = Date.now()
+    connection.lastSeen = now
+    const parsed = parseClientMessage(frame, this.config.maxJsonDepth)
     if (!parsed.ok) {
       this.hub.stats.countIn(parsed.type ?? 'invalid')
       this.sendError(connection, parsed.id, parsed.error)
@@ -98,11 +117,43 @@ export class ClientHandler {
     }
     const message = parsed.message
     this.hub.stats.countIn(message.type)
+    if (connection.messageBucket && !connection.messageBucket.take(now)) {
+      this.rateLimited(connection, message, now)
+      return
+    }
     try {
       const reply = this.dispatch(connection, message)
       if (reply) this.reply(connection, message, reply)
     } catch (error) {
       this.fail(connection, message, error)
+    }
+  }
+
+  /**
+   * Over MESSAGE_RATE: a 429. Refusals past RATE_STRIKES within 10 s mean the
+   * client ignores them: it is closed (1008).
+   */
+  private rateLimited(connection: Connection, message: ClientMessage, now: number): void {
+    if (now - connection.refusedSince > 10_000) {
+      connection.refusedSince = now
+      connection.refused = 0
+    }
+    connection.refused++
+    this.sendError(
+      connection,
+      message.id,
+      new ProtocolError(
+        ErrorCode.RateLimited,
+        `over MESSAGE_RATE (${this.config.messageRate}/s); slow down`,
+      ),
+      this.echoChannel(message),
+    )
+    if (connection.refused > Math.max(50, this.config.messageRate)) {
+      this.logger.warn(
+        { connection_id: connection.id, user_id: connection.userId },
+        'closing a flooding connection',
+      )
+      this.hub.disconnect(connection, 'rate_limited')
     }
   }
 
@@ -135,7 +186,10 @@ export class ClientHandler {
           connection.client = message.data.client
           this.sessions.named(connection)
         }
-        return { type: 'connected', data: this.connectedPayload(connection) }
+        if (message.data?.token === undefined)
+          return { type: 'connected', data: this.connectedPayload(connection) }
+        this.refreshToken(connection, message, message.data.token)
+        return undefined
       case 'ping':
         return {
           type: 'pong',
@@ -145,18 +199,21 @@ export class ClientHandler {
         return { type: 'disconnect', data: { code: 1000, reason: 'client' } }
       case 'subscribe':
         return this.subscribe(connection, message)
-      case 'unsubscribe':
+      case 'unsubscribe': // always allowed: it only takes access away
         if (this.hub.unsubscribe(connection, message)) this.presence.leave(connection, message)
         return {
           type: 'unsubscribe',
           data: { channel: channelName(message.collection, message.document) },
         }
       case 'query':
+        this.authorize(connection, message, 'read')
         return this.query(message)
       case 'submit':
+        this.authorize(connection, message, 'publish')
         this.submit(connection, message)
         return undefined
       case 'presence': {
+        this.authorize(connection, message, 'read')
         const mode = this.presence.set(connection, message, message.data)
         return {
           type: 'presence',
@@ -174,6 +231,16 @@ export class ClientHandler {
   private subscribe(connection: Connection, message: MessageOf<'subscribe'>): Reply {
     const { collection, document, since } = message
     const channel = channelName(collection, document)
+    this.authorize(connection, message, 'read')
+    if (
+      !connection.channels.has(channel) &&
+      connection.channels.size >= this.config.maxSubscriptionsPerConnection
+    )
+      throw new ProtocolError(
+        ErrorCode.RateLimited,
+        `at MAX_SUBSCRIPTIONS_PER_CONNECTION (${this.config.maxSubscriptionsPerConnection}); unsubscribe first`,
+        { channel },
+      )
     const data: Record<string, unknown> = { channel, epoch: this.streams.epoch }
     // A channel already followed is receiving live: replaying would double it.
     const resume = connection.channels.has(channel) ? undefined : since
@@ -242,6 +309,58 @@ export class ClientHandler {
             data: { v: result.v, offset: result.offset },
           })
       },
+    )
+  }
+
+  /** 403 unless the connection's token grants it (open mode: always). */
+  private authorize(connection: Connection, ref: ChannelRef, action: 'read' | 'publish'): void {
+    const { grants } = connection
+    if (!grants) return
+    if (action === 'read' ? grants.canRead(ref) : grants.canWrite(ref)) return
+    throw forbidden(ref, action)
+  }
+
+  /**
+   * `connect` with a fresh token before the old one expires: same user, new
+   * expiry and grants. Channels the new grants no longer cover are left
+   * (listed in the reply as `revoked`).
+   */
+  private refreshToken(connection: Connection, message: MessageOf<'connect'>, token: string): void {
+    const verifier = this.gate.verifier
+    if (!verifier) {
+      this.reply(connection, message, {
+        type: 'connected',
+        data: this.connectedPayload(connection),
+      })
+      return
+    }
+    verifier.verify(token).then(
+      (identity) => {
+        if (!connection.open) return
+        if (identity.userId !== connection.userId) {
+          this.fail(
+            connection,
+            message,
+            new ProtocolError(ErrorCode.Forbidden, 'the new token is for another user'),
+          )
+          return
+        }
+        connection.grants = identity.grants
+        connection.expiresAt = identity.expiresAt
+        const revoked: string[] = []
+        for (const channel of [...connection.channels]) {
+          const ref = parseChannel(channel)
+          if (identity.grants.canRead(ref)) continue
+          this.hub.unsubscribe(connection, ref)
+          this.presence.leave(connection, ref)
+          revoked.push(channel)
+        }
+        this.reply(connection, message, {
+          type: 'connected',
+          data: { ...this.connectedPayload(connection), revoked },
+        })
+      },
+      (error: unknown) => connection.open && this.fail(connection, message, error),
     )
   }
 

@@ -1,4 +1,6 @@
 import type { ServerWebSocket } from 'bun'
+import type { TokenBucket } from '../auth/limits.ts'
+import type { Grants } from '../auth/permissions.ts'
 import type { EndReason } from '../protocol/close.ts'
 
 /** The parts of Bun's ServerWebSocket the server uses (Elysia re-declares the type). */
@@ -11,7 +13,7 @@ export type Socket = Pick<
   | 'subscribe'
   | 'unsubscribe'
   | 'isSubscribed'
-  | 'remoteAddress'
+  | 'getBufferedAmount'
 >
 
 /** One live WebSocket: who it is and which logical channels it follows. */
@@ -24,6 +26,15 @@ export class Connection {
   endReason: EndReason | undefined
   /** The client's name, from `connect` `{data:{client}}`. */
   client: string | undefined
+  /** What the token allows; undefined in open mode (everything). */
+  grants: Grants | undefined
+  /** When the token expires (ms); undefined when there is none or no expiry. */
+  expiresAt: number | undefined
+  /** MESSAGE_RATE, per connection. */
+  messageBucket: TokenBucket | undefined
+  /** Messages refused for rate in the current window, and when it started. */
+  refused = 0
+  refusedSince = 0
 
   constructor(
     readonly socket: Socket,

@@ -1,9 +1,11 @@
 import type { Hub } from './hub.ts'
 
 /**
- * Pings every connection each HEARTBEAT_INTERVAL and closes the ones silent
- * (no message, no pong) for CONNECTION_TIMEOUT. One sweep over all
- * connections, at a fraction of the shorter period, keeps it to one timer.
+ * Time-based checks of every connection, in one sweep: pings each
+ * HEARTBEAT_INTERVAL, closes the ones silent (no message, no pong) for
+ * CONNECTION_TIMEOUT, the ones whose token expired, and the ones that do not
+ * read (send buffer past MAX_SEND_BUFFER) so that nothing is dropped
+ * silently on their way (Bun would drop past its own limit).
  */
 export class Heartbeat {
   private timer: ReturnType<typeof setInterval> | undefined
@@ -12,10 +14,11 @@ export class Heartbeat {
     private readonly hub: Hub,
     private readonly intervalMs: number,
     private readonly timeoutMs: number,
+    private readonly maxSendBuffer: number,
   ) {}
 
   start(): void {
-    const sweepMs = Math.max(10, Math.min(1000, this.intervalMs / 2, this.timeoutMs / 4))
+    const sweepMs = Math.max(10, Math.min(250, this.intervalMs / 2, this.timeoutMs / 4))
     this.timer = setInterval(() => this.sweep(Date.now()), sweepMs)
   }
 
@@ -27,7 +30,11 @@ export class Heartbeat {
   private sweep(now: number): void {
     for (const connection of this.hub.connections()) {
       if (!connection.open) continue
-      if (now - connection.lastSeen >= this.timeoutMs) {
+      if (connection.socket.getBufferedAmount() > this.maxSendBuffer) {
+        this.hub.disconnect(connection, 'slow_consumer')
+      } else if (connection.expiresAt !== undefined && now >= connection.expiresAt) {
+        this.hub.disconnect(connection, 'token_expired')
+      } else if (now - connection.lastSeen >= this.timeoutMs) {
         this.hub.disconnect(connection, 'timeout')
       } else if (now - connection.lastPing >= this.intervalMs) {
         connection.lastPing = now

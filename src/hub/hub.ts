@@ -33,7 +33,8 @@ export interface ClientInfo {
  */
 export class Hub {
   readonly stats = new Stats()
-  private readonly bySocket = new Map<Socket, Connection>()
+  /** Keyed by the socket object itself (Bun passes the same one to every event). */
+  private readonly bySocket = new Map<object, Connection>()
   private readonly byId = new Map<string, Connection>()
   private readonly byUser = new Map<string, Set<Connection>>()
   /** Logical channel → number of subscribed connections. */
@@ -80,7 +81,7 @@ export class Hub {
   }
 
   /** Forgets a closed socket; Bun has already dropped its topics. */
-  unregister(socket: Socket): Connection | undefined {
+  unregister(socket: object): Connection | undefined {
     const connection = this.bySocket.get(socket)
     if (!connection) return undefined
     const reason: EndReason = connection.endReason ?? 'client_close'
@@ -96,7 +97,7 @@ export class Hub {
     return connection
   }
 
-  get(socket: Socket): Connection | undefined {
+  get(socket: object): Connection | undefined {
     return this.bySocket.get(socket)
   }
 
@@ -111,6 +112,11 @@ export class Hub {
   /** Every online user with their live connections. */
   users(): IterableIterator<[string, ReadonlySet<Connection>]> {
     return this.byUser.entries()
+  }
+
+  /** Live connections of one user. */
+  connectionsOf(userId: string): number {
+    return this.byUser.get(userId)?.size ?? 0
   }
 
   get connectionCount(): number {

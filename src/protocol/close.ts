@@ -12,6 +12,12 @@ export const closeCodes = {
   timeout: 4408,
   /** A frame over MAX_MESSAGE_SIZE. */
   message_too_big: 1009,
+  /** The token's exp passed and no fresh token came with `connect`. */
+  token_expired: 4401,
+  /** Kept sending past MESSAGE_RATE after being refused (policy violation). */
+  rate_limited: 1008,
+  /** Did not read: its send buffer passed MAX_SEND_BUFFER. */
+  slow_consumer: 1013,
 } as const
 
 export type CloseReason = keyof typeof closeCodes

@@ -30,7 +30,13 @@ export const Op = t.Array(OpComponent)
 export const ConnectMessage = t.Object({
   type: t.Literal('connect'),
   ...base,
-  data: t.Optional(t.Object({ client: t.Optional(t.String({ maxLength: 256 })) })),
+  data: t.Optional(
+    t.Object({
+      client: t.Optional(t.String({ maxLength: 256 })),
+      /** A fresh token (auth mode), before the current one expires. */
+      token: t.Optional(t.String({ maxLength: 8192 })),
+    }),
+  ),
 })
 
 export const CollectionSince = t.Object({ epoch: t.String(), offset: Version })

@@ -22,9 +22,11 @@ export type ParseResult =
  * message or a 400 that says which field was wrong. The envelope's `type` is
  * checked first, so a wrong field is named instead of "Expected union value".
  */
-export function parseClientMessage(raw: string | Uint8Array): ParseResult {
+export function parseClientMessage(raw: string | Uint8Array, maxDepth: number): ParseResult {
   if (typeof raw !== 'string')
     return { ok: false, error: badRequest('binary frames are not supported; send JSON text') }
+  if (nestingExceeds(raw, maxDepth))
+    return { ok: false, error: badRequest(`JSON nested deeper than ${maxDepth} levels`) }
   let frame: unknown
   try {
     frame = JSON.parse(raw)
@@ -80,4 +82,26 @@ function describe(schema: SchemaFacts): string {
   if (schema.const !== undefined) return JSON.stringify(schema.const)
   if (typeof schema.type === 'string') return schema.type
   return 'see docs/PROTOCOL.md'
+}
+
+/**
+ * Whether brackets outside strings nest deeper than `max`: one pass over the
+ * characters, before JSON.parse, so a hostile frame costs no parse and no
+ * recursion. The frame size limit bounds the pass.
+ */
+function nestingExceeds(text: string, max: number): boolean {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === 92)
+        i++ // backslash: skip the escaped character
+      else if (c === 34) inString = false
+    } else if (c === 34) inString = true
+    else if (c === 123 || c === 91) {
+      if (++depth > max) return true
+    } else if (c === 125 || c === 93) depth--
+  }
+  return false
 }

@@ -1,0 +1,122 @@
+import { timingSafeEqual } from 'node:crypto'
+import type { Config } from '../config.ts'
+import type { Hub } from '../hub/hub.ts'
+import { ProtocolError } from '../protocol/errors.ts'
+import { AddressLimiter, isLoopback } from './limits.ts'
+import { type Identity, TokenVerifier } from './tokens.ts'
+
+export interface Refusal {
+  status: 400 | 401 | 403 | 429 | 503
+  message: string
+  field?: string
+}
+
+export type Admission =
+  | { ok: true; userId: string; identity: Identity | undefined }
+  | { ok: false; refusal: Refusal }
+
+const refuse = (status: Refusal['status'], message: string, field?: string): Admission => ({
+  ok: false,
+  refusal: field ? { status, message, field } : { status, message },
+})
+
+const MAX_ID_LENGTH = 256
+
+/**
+ * Who may connect and who may call the server API. Auth mode (AUTH_SECRET or
+ * AUTH_PUBLIC_KEY set) needs a token; open mode trusts `user_id`. Connection
+ * limits are checked before a socket is accepted, so a refusal is an HTTP
+ * answer, never a silent close.
+ */
+export class Gate {
+  readonly verifier: TokenVerifier | undefined
+  private readonly addresses: AddressLimiter
+
+  constructor(
+    private readonly config: Config,
+    private readonly hub: Hub,
+  ) {
+    this.verifier =
+      config.authSecret !== undefined || config.authPublicKey !== undefined
+        ? new TokenVerifier({ secret: config.authSecret, publicKey: config.authPublicKey })
+        : undefined
+    this.addresses = new AddressLimiter(config.connectRatePerIp)
+  }
+
+  get authMode(): boolean {
+    return this.verifier !== undefined
+  }
+
+  /** The client's address: the socket's, or X-Forwarded-For's first with TRUST_PROXY. */
+  clientAddress(request: Request, socketAddress: string | undefined): string {
+    if (this.config.trustProxy) {
+      const forwarded = request.headers.get('x-forwarded-for')?.split(',')[0]?.trim()
+      if (forwarded) return forwarded
+    }
+    return socketAddress ?? 'unknown'
+  }
+
+  async admitSocket(
+    request: Request,
+    query: { user_id?: string; session_id?: string; token?: string },
+    address: string,
+  ): Promise<Admission> {
+    if (!this.addresses.allow(address, Date.now()))
+      return refuse(429, `too many connection attempts from ${address}; retry in a second`)
+    if (this.hub.connectionCount >= this.config.maxConnections)
+      return refuse(429, 'the server is at MAX_CONNECTIONS; retry later')
+    if ((query.session_id?.length ?? 0) > MAX_ID_LENGTH)
+      return refuse(400, 'session_id is too long', 'session_id')
+    const requested = query.user_id?.trim()
+    if (requested !== undefined && requested.length > MAX_ID_LENGTH)
+      return refuse(400, 'user_id is too long', 'user_id')
+
+    let userId: string
+    let identity: Identity | undefined
+    if (this.verifier) {
+      const bearer = request.headers.get('authorization')?.match(/^Bearer\s+(.+)$/i)?.[1]
+      const token = query.token ?? bearer
+      if (!token)
+        return refuse(
+          401,
+          'a token is required (token query parameter or Authorization: Bearer)',
+          'token',
+        )
+      try {
+        identity = await this.verifier.verify(token)
+      } catch (error) {
+        return refuse(
+          401,
+          error instanceof ProtocolError ? error.message : 'invalid token',
+          'token',
+        )
+      }
+      if (requested && requested !== identity.userId)
+        return refuse(403, 'user_id does not match the token', 'user_id')
+      userId = identity.userId
+    } else {
+      if (!requested) return refuse(400, 'user_id is required', 'user_id')
+      userId = requested
+    }
+    if (this.hub.connectionsOf(userId) >= this.config.maxConnectionsPerUser)
+      return refuse(429, `user ${userId} is at MAX_CONNECTIONS_PER_USER`)
+    return { ok: true, userId, identity }
+  }
+
+  /**
+   * The server API (/api/ws/*, /metrics, /admin): with ADMIN_TOKEN, a Bearer
+   * token equal to it; without, loopback callers only.
+   */
+  admitAdmin(request: Request, address: string): Refusal | undefined {
+    const expected = this.config.adminToken
+    if (expected === undefined)
+      return isLoopback(address)
+        ? undefined
+        : { status: 403, message: 'the server API answers loopback only unless ADMIN_TOKEN is set' }
+    const given = request.headers.get('authorization')?.match(/^Bearer\s+(.+)$/i)?.[1] ?? ''
+    const a = Buffer.from(given)
+    const b = Buffer.from(expected)
+    if (a.length === b.length && timingSafeEqual(a, b)) return undefined
+    return { status: 401, message: 'Authorization: Bearer <ADMIN_TOKEN> required' }
+  }
+}
