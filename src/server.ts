@@ -112,9 +112,10 @@ export function createServer(
     // Only options given here reach Bun.serve's websocket (per-route ones are ignored).
     websocket: {
       maxPayloadLength: transportFrameLimit(config.maxMessageSize),
-      // The Heartbeat disconnects slow consumers at MAX_SEND_BUFFER; past
-      // this hard cap Bun would drop messages, so it must close instead.
-      backpressureLimit: config.maxSendBuffer * 4,
+      // The Heartbeat disconnects slow consumers past MAX_SEND_BUFFER (within
+      // 100 ms). This hard cap is the last resort for a buffer that grows
+      // faster than that: past it Bun would drop messages, so it must close.
+      backpressureLimit: Math.max(config.maxSendBuffer * 16, 16 * 1024 * 1024),
       closeOnBackpressureLimit: true,
       // The Heartbeat owns liveness (CONNECTION_TIMEOUT), not Bun.
       idleTimeout: 0,

@@ -250,6 +250,8 @@ export interface RawSocket {
   closeCode(): number | undefined
   ended: Promise<void>
   sendText(text: string): void
+  /** Stops reading from the socket (the kernel buffers fill, then the server's). */
+  pause(): void
   destroy(): void
 }
 
@@ -316,6 +318,7 @@ export async function silentSocket(server: { port: number }, query: string): Pro
     closeCode: () => frames().closeCode,
     ended,
     sendText,
+    pause: () => socket.pause(),
     destroy: () => socket.destroy(),
   }
 }

@@ -152,6 +152,7 @@ describe('full presence', () => {
       expect(joined.data.user_id).toBe('sleeper')
       const left = await watcher.next(isPresence('leave'), 3000)
       expect(left.data.connection_id).toBe(joined.data.connection_id)
+      await sleeper.ended
       expect(sleeper.closeCode()).toBe(4408)
 
       const dropper = await silentSocket(quick, 'user_id=dropper')

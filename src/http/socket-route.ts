@@ -1,6 +1,6 @@
 import type { ServerWebSocket, WebSocketHandler } from 'bun'
 import { Elysia, status, t } from 'elysia'
-import type { Gate } from '../auth/gate.ts'
+import type { Gate, Refusal } from '../auth/gate.ts'
 import type { Identity } from '../auth/tokens.ts'
 import type { ClientHandler } from '../hub/client.ts'
 import type { Socket } from '../hub/connection.ts'
@@ -24,22 +24,38 @@ interface Admitted {
  * socketFrames.
  */
 export function socketRoute(client: ClientHandler, gate: Gate) {
+  const admissions = new WeakMap<
+    Request,
+    Promise<{ ok: false; refusal: Refusal } | (Admitted & { ok: true })>
+  >()
   // What admission learned, from the upgrade request to the socket's open.
   const admitted = new WeakMap<Request, Admitted>()
   return new Elysia({ name: 'socket-route' }).ws('/api/ws/socket', {
     query: SocketQuery,
     detail: { hide: true },
     async beforeHandle({ query, request, server }) {
-      const address = gate.clientAddress(request, server?.requestIP(request)?.address)
-      const admission = await gate.admitSocket(request, query, address)
-      if (!admission.ok) {
-        const { status: code, message, field } = admission.refusal
-        client.refused(code, message, address)
-        return status(code, {
-          error: field ? { code, message, details: { field } } : { code, message },
+      // Elysia calls a ws route's beforeHandle twice (as a hook, then again
+      // inside its upgrade handler): admit once per request.
+      let admission = admissions.get(request)
+      if (!admission) {
+        const address = gate.clientAddress(request, server?.requestIP(request)?.address)
+        admission = gate.admitSocket(request, query, address).then((result) => {
+          if (result.ok)
+            return { ok: true as const, userId: result.userId, identity: result.identity, address }
+          client.refused(result.refusal.status, result.refusal.message, address)
+          return result
         })
+        admissions.set(request, admission)
       }
-      admitted.set(request, { userId: admission.userId, identity: admission.identity, address })
+      const result = await admission
+      if (result.ok) {
+        admitted.set(request, result)
+        return
+      }
+      const { status: code, message, field } = result.refusal
+      return status(code, {
+        error: field ? { code, message, details: { field } } : { code, message },
+      })
     },
     open(ws) {
       const { query, headers, request } = ws.data

@@ -18,7 +18,7 @@ export class Heartbeat {
   ) {}
 
   start(): void {
-    const sweepMs = Math.max(10, Math.min(250, this.intervalMs / 2, this.timeoutMs / 4))
+    const sweepMs = Math.max(10, Math.min(100, this.intervalMs / 2, this.timeoutMs / 4))
     this.timer = setInterval(() => this.sweep(Date.now()), sweepMs)
   }
 
