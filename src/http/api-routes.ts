@@ -370,7 +370,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
           tags: ['presence'],
           summary: "A user's sessions, live and ended",
           description:
-            'Newest first. `end_reason` is `client` (sent disconnect), `client_close` (closed the socket), `timeout`, `shutdown`, `message_too_big`, or `server_restart` (open when the server crashed). Ended sessions are kept for SESSION_RETENTION.',
+            'Newest first. `end_reason` is `client` (sent disconnect), `client_close` (closed the socket), `timeout`, `shutdown`, `message_too_big`, `token_expired`, `rate_limited`, `slow_consumer`, or `server_restart` (open when the server crashed). Ended sessions are kept for SESSION_RETENTION.',
         },
       },
     )
