@@ -8,6 +8,7 @@ import { DocumentStore } from './documents/document-store.ts'
 import { Documents } from './documents/documents.ts'
 import { apiRoutes } from './http/api-routes.ts'
 import { openapiRoutes } from './http/openapi.ts'
+import { opsRoutes } from './http/ops-routes.ts'
 import { socketFrames, socketRoute, transportFrameLimit } from './http/socket-route.ts'
 import { BunTopicBroker } from './hub/broker.ts'
 import { ClientHandler } from './hub/client.ts'
@@ -15,6 +16,8 @@ import type { Connection } from './hub/connection.ts'
 import { Heartbeat } from './hub/heartbeat.ts'
 import { Hub } from './hub/hub.ts'
 import { createLogger, type Logger } from './observability/logger.ts'
+import { Metrics } from './observability/metrics.ts'
+import { Throughput } from './observability/throughput.ts'
 import { Presence } from './presence/presence.ts'
 import { SessionStore } from './presence/sessions.ts'
 import { encode } from './protocol/envelope.ts'
@@ -64,7 +67,14 @@ export function createServer(
         : { collection: entry.collection, document: entry.document }
     return hub.publish(ref, fields.type, encode(fields, entry.createdAt), excluded)
   }
-  const queue = new CommitQueue(store.sqlite, streamStore, fanout, logger, [documentStore])
+  const metrics = new Metrics(hub, () => streamStore.heldRows)
+  const queue = new CommitQueue(store.sqlite, streamStore, fanout, logger, [documentStore], {
+    committed(seconds, entries) {
+      metrics.commitDuration.observe(seconds)
+      streamStore.committed(entries)
+    },
+    fannedOut: (seconds) => metrics.publishToFanout.observe(seconds),
+  })
   const streams = new Streams(streamStore, queue)
   const documents = new Documents(queue, streamStore, documentStore, config.maxOpComponents)
   const presence = new Presence(hub, config)
@@ -90,9 +100,11 @@ export function createServer(
     presence,
     sessions,
     gate,
+    metrics,
     config,
     logger,
   )
+  const throughput = new Throughput(hub.stats)
   const heartbeat = new Heartbeat(
     hub,
     config.heartbeatInterval * 1000,
@@ -149,6 +161,23 @@ export function createServer(
       logger.error({ err: error }, 'request failed')
       return status(500, errorBody(ErrorCode.Internal, 'internal error'))
     })
+    .use(
+      opsRoutes({
+        hub,
+        gate,
+        metrics,
+        throughput,
+        ready() {
+          if (shuttingDown) return { ok: false, reason: 'shutting down' }
+          try {
+            store.sqlite.exec('BEGIN IMMEDIATE; ROLLBACK')
+            return { ok: true }
+          } catch (error) {
+            return { ok: false, reason: `store not writable: ${(error as Error).message}` }
+          }
+        },
+      }),
+    )
     .use(openapiRoutes(pkg.version))
     .use(apiRoutes({ hub, documents, streams, presence, sessions, gate }))
     .use(socketRoute(client, gate))
@@ -165,6 +194,7 @@ export function createServer(
   heartbeat.start()
   retention.start()
   sessions.start()
+  throughput.start()
   const port = server.port ?? config.port
   logger.info({ port, host: config.host, db: config.dbPath, epoch: streamStore.epoch }, 'listening')
 
@@ -178,6 +208,7 @@ export function createServer(
       shuttingDown = true
       heartbeat.stop()
       retention.stop()
+      throughput.stop()
       server.stop(false) // stop listening; open sockets stay until told
       queue.flush()
       const socketsClosed = new Promise<void>((resolve) => {

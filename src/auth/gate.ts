@@ -107,13 +107,14 @@ export class Gate {
    * The server API (/api/ws/*, /metrics, /admin): with ADMIN_TOKEN, a Bearer
    * token equal to it; without, loopback callers only.
    */
-  admitAdmin(request: Request, address: string): Refusal | undefined {
+  admitAdmin(request: Request, address: string, queryToken?: string): Refusal | undefined {
     const expected = this.config.adminToken
     if (expected === undefined)
       return isLoopback(address)
         ? undefined
         : { status: 403, message: 'the server API answers loopback only unless ADMIN_TOKEN is set' }
-    const given = request.headers.get('authorization')?.match(/^Bearer\s+(.+)$/i)?.[1] ?? ''
+    const given =
+      request.headers.get('authorization')?.match(/^Bearer\s+(.+)$/i)?.[1] ?? queryToken ?? ''
     const a = Buffer.from(given)
     const b = Buffer.from(expected)
     if (a.length === b.length && timingSafeEqual(a, b)) return undefined

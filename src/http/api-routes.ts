@@ -44,12 +44,14 @@ export interface ApiParts {
  * The server API's guard (also for /metrics and /admin): ADMIN_TOKEN as a
  * Bearer token, or loopback callers when no ADMIN_TOKEN is set.
  */
-export function adminGuard(gate: Gate) {
+export function adminGuard(gate: Gate, options: { queryToken?: boolean } = {}) {
   return ({ request, server }: { request: Request; server: Server<unknown> | null }) => {
-    const refusal = gate.admitAdmin(
-      request,
-      gate.clientAddress(request, server?.requestIP(request)?.address),
-    )
+    // The dashboard page is opened by a browser, which cannot send a header.
+    const queryToken = options.queryToken
+      ? (new URL(request.url).searchParams.get('token') ?? undefined)
+      : undefined
+    const address = gate.clientAddress(request, server?.requestIP(request)?.address)
+    const refusal = gate.admitAdmin(request, address, queryToken)
     if (refusal)
       return status(refusal.status, { error: { code: refusal.status, message: refusal.message } })
   }

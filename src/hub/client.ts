@@ -5,6 +5,7 @@ import type { Identity } from '../auth/tokens.ts'
 import type { Config } from '../config.ts'
 import type { Documents } from '../documents/documents.ts'
 import type { Logger } from '../observability/logger.ts'
+import type { Metrics } from '../observability/metrics.ts'
 import type { Presence } from '../presence/presence.ts'
 import type { SessionStore } from '../presence/sessions.ts'
 import { type ChannelRef, channelName, parseChannel } from '../protocol/channels.ts'
@@ -39,6 +40,7 @@ export class ClientHandler {
     private readonly presence: Presence,
     private readonly sessions: SessionStore,
     private readonly gate: Gate,
+    private readonly metrics: Metrics,
     private readonly config: Config,
     private readonly logger: Logger,
   ) {}
@@ -265,6 +267,7 @@ export class ClientHandler {
       if (resume && 'v' in resume)
         replay = this.streams.replayDocument(collection, document, resume.v, position)
     }
+    if (replay) this.hub.stats.countReplay(replay.recovered)
     if (replay?.recovered)
       for (const entry of replay.entries) {
         const fields = entryMessage(entry, this.streams.epoch)
@@ -287,6 +290,7 @@ export class ClientHandler {
   }
 
   private submit(connection: Connection, message: MessageOf<'submit'>): void {
+    const started = performance.now()
     this.documents.submit(
       {
         collection: message.collection,
@@ -302,6 +306,7 @@ export class ClientHandler {
       },
       (error, result) => {
         if (!connection.open) return
+        this.metrics.submitAck.observe((performance.now() - started) / 1000)
         if (error || !result) this.fail(connection, message, error)
         else
           this.reply(connection, message, {

@@ -86,6 +86,7 @@ export class Hub {
     if (!connection) return undefined
     const reason: EndReason = connection.endReason ?? 'client_close'
     connection.endReason = reason
+    this.stats.countDisconnect(reason)
     this.bySocket.delete(socket)
     this.byId.delete(connection.id)
     const tabs = this.byUser.get(connection.userId)
@@ -135,8 +136,12 @@ export class Hub {
     return this.subscriptionCount
   }
 
-  subscriberCount(channel: string): number {
-    return this.channelCounts.get(channel) ?? 0
+  /** The `limit` channels with the most subscribers. */
+  busiestChannels(limit: number): Array<{ channel: string; subscribers: number }> {
+    return [...this.channelCounts]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, limit)
+      .map(([channel, subscribers]) => ({ channel, subscribers }))
   }
 
   /** Returns false when the connection already followed the channel. */

@@ -4,6 +4,8 @@ export class Stats {
   readonly messagesIn: Record<string, number> = {}
   readonly messagesOut: Record<string, number> = {}
   readonly errors: Record<string, number> = {}
+  readonly disconnects: Record<string, number> = {}
+  readonly replays: Record<string, number> = {}
 
   countIn(type: string): void {
     this.messagesIn[type] = (this.messagesIn[type] ?? 0) + 1
@@ -11,6 +13,15 @@ export class Stats {
 
   countOut(type: string, recipients: number): void {
     if (recipients > 0) this.messagesOut[type] = (this.messagesOut[type] ?? 0) + recipients
+  }
+
+  countDisconnect(reason: string): void {
+    this.disconnects[reason] = (this.disconnects[reason] ?? 0) + 1
+  }
+
+  countReplay(recovered: boolean): void {
+    const key = String(recovered)
+    this.replays[key] = (this.replays[key] ?? 0) + 1
   }
 
   countError(code: number): void {

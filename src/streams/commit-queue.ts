@@ -31,6 +31,14 @@ export type Settle<T> = (error: ProtocolError | undefined, value: T | undefined)
 interface Job {
   run(batch: Batch): unknown
   settle: Settle<unknown>
+  /** performance.now() when queued. */
+  queuedAt: number
+}
+
+/** Timings for metrics, in seconds. */
+export interface CommitObserver {
+  committed(seconds: number, entries: number): void
+  fannedOut(secondsSinceQueued: number): void
 }
 
 /**
@@ -55,6 +63,7 @@ export class CommitQueue {
     private readonly fanout: Fanout,
     private readonly logger: Logger,
     participants: BatchParticipant[],
+    private readonly observer: CommitObserver,
   ) {
     this.participants = [
       ...participants,
@@ -63,7 +72,7 @@ export class CommitQueue {
   }
 
   submit<T>(job: (batch: Batch) => T, settle: Settle<T>): void {
-    this.jobs.push({ run: job, settle: settle as Settle<unknown> })
+    this.jobs.push({ run: job, settle: settle as Settle<unknown>, queuedAt: performance.now() })
     if (!this.scheduled) {
       this.scheduled = true
       setImmediate(() => this.flush())
@@ -93,6 +102,7 @@ export class CommitQueue {
     }
     type Outcome = { value?: unknown; error?: ProtocolError; appendedUpTo: number }
     const outcomes: Outcome[] = []
+    const started = performance.now()
     try {
       this.sqlite.transaction(() => {
         for (const job of jobs) {
@@ -114,10 +124,14 @@ export class CommitQueue {
       for (const job of jobs) this.settle(job, failure, undefined)
       return
     }
+    this.observer.committed((performance.now() - started) / 1000, appended.length)
     let next = 0
     jobs.forEach((job, i) => {
       const outcome = outcomes[i] as Outcome
-      for (; next < outcome.appendedUpTo; next++) this.publish(appended[next] as Appended)
+      for (; next < outcome.appendedUpTo; next++) {
+        this.publish(appended[next] as Appended)
+        this.observer.fannedOut((performance.now() - job.queuedAt) / 1000)
+      }
       this.settle(job, outcome.error, outcome.value)
     })
   }

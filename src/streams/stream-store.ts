@@ -47,6 +47,8 @@ export type NewEntry = Omit<StreamEntry, 'offset'>
  */
 export class StreamStore {
   readonly epoch: string
+  /** Entries held: counted once at start, then kept up to date (for metrics). */
+  private rows: number
   private readonly heads = new Map<string, number>()
   private readonly dirtyHeads = new Set<string>()
   private readonly insertEntry: Statement
@@ -62,6 +64,8 @@ export class StreamStore {
   constructor(private readonly store: Store) {
     const { sqlite } = store
     this.epoch = this.loadEpoch()
+    this.rows =
+      sqlite.query<{ n: number }, []>('SELECT COUNT(*) AS n FROM stream_entries').get()?.n ?? 0
     this.insertEntry = sqlite.prepare(
       'INSERT INTO stream_entries (collection, "offset", document, v, kind, payload, source, src, seq, created_at, prev_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
     )
@@ -106,6 +110,15 @@ export class StreamStore {
       this.heads.set(collection, head)
     }
     return head
+  }
+
+  get heldRows(): number {
+    return this.rows
+  }
+
+  /** A batch of `count` appends committed. */
+  committed(count: number): void {
+    this.rows += count
   }
 
   /** Oldest offset still held, or undefined when nothing is. */
@@ -177,14 +190,18 @@ export class StreamStore {
 
   /** Retention: drops up to `batch` entries older than `before` (ms); returns how many. */
   pruneOlderThan(before: number, batch: number): number {
-    return this.deleteOlderThan.run(before, batch).changes
+    const removed = this.deleteOlderThan.run(before, batch).changes
+    this.rows -= removed
+    return removed
   }
 
   /** Retention: drops up to `batch` of the collection's entries with offset ≤ `upTo`. */
   pruneUpTo(collection: string, upTo: number, batch: number): number {
     const first = this.firstHeld(collection)
     if (first === undefined || first > upTo) return 0
-    return this.deleteUpTo.run(collection, Math.min(upTo, first + batch - 1)).changes
+    const removed = this.deleteUpTo.run(collection, Math.min(upTo, first + batch - 1)).changes
+    this.rows -= removed
+    return removed
   }
 
   /** Every collection with its head, for retention passes. */

@@ -1,0 +1,90 @@
+/**
+ * The admin dashboard: one self-contained page (no build step, no CDN), which
+ * polls /admin/data every second with the token it was opened with.
+ */
+export const adminPage = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>teable-realtime · admin</title>
+<style>
+  :root { font-family: system-ui, sans-serif; color: #1d2330; background: #f5f6f8; }
+  body { margin: 0; padding: 24px; }
+  h1 { font-size: 20px; margin: 0 0 16px; }
+  .cards { display: flex; gap: 12px; flex-wrap: wrap; margin-bottom: 16px; }
+  .card { background: #fff; border-radius: 8px; padding: 12px 16px; min-width: 140px; box-shadow: 0 1px 2px #0002; }
+  .card b { display: block; font-size: 28px; }
+  .card span { color: #667; font-size: 13px; }
+  section { background: #fff; border-radius: 8px; padding: 12px 16px; margin-bottom: 16px; box-shadow: 0 1px 2px #0002; }
+  h2 { font-size: 15px; margin: 0 0 8px; }
+  table { border-collapse: collapse; width: 100%; font-size: 14px; }
+  td, th { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eee; }
+  canvas { width: 100%; height: 180px; }
+  #status { color: #667; font-size: 13px; }
+  .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+</style>
+</head>
+<body>
+<h1>teable-realtime</h1>
+<div class="cards">
+  <div class="card"><b id="connections">–</b><span>connections</span></div>
+  <div class="card"><b id="users">–</b><span>users online</span></div>
+  <div class="card"><b id="channels">–</b><span>channels</span></div>
+  <div class="card"><b id="subscriptions">–</b><span>subscriptions</span></div>
+  <div class="card"><b id="rate">–</b><span>messages out / s</span></div>
+</div>
+<section>
+  <h2>Messages per second, last 5 minutes <span id="status"></span></h2>
+  <canvas id="chart" width="1200" height="180"></canvas>
+</section>
+<div class="grid">
+  <section><h2>Busiest channels</h2><table><thead><tr><th>channel</th><th>subscribers</th></tr></thead><tbody id="busiest"></tbody></table></section>
+  <section><h2>Online users</h2><table><thead><tr><th>user</th><th>connections</th></tr></thead><tbody id="online"></tbody></table></section>
+</div>
+<script>
+  const token = new URLSearchParams(location.search).get('token')
+  const headers = token ? { Authorization: 'Bearer ' + token } : {}
+  const $ = (id) => document.getElementById(id)
+  const rows = (items, cells) => items.map((item) => '<tr>' + cells(item).map((c) => '<td>' + String(c).replace(/[&<>]/g, (x) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[x]) + '</td>').join('') + '</tr>').join('')
+  function draw(series) {
+    const canvas = $('chart'); const ctx = canvas.getContext('2d')
+    const w = canvas.width, h = canvas.height, pad = 24
+    ctx.clearRect(0, 0, w, h)
+    const max = Math.max(1, ...series.map((s) => Math.max(s.in, s.out)))
+    ctx.fillStyle = '#667'; ctx.font = '12px system-ui'; ctx.fillText(max + '/s', 4, 12)
+    ctx.strokeStyle = '#eee'; ctx.beginPath(); ctx.moveTo(pad, h - pad); ctx.lineTo(w, h - pad); ctx.stroke()
+    const x = (i) => pad + (i * (w - pad)) / Math.max(1, 299)
+    const y = (v) => h - pad - (v / max) * (h - 2 * pad)
+    const offset = 300 - series.length
+    for (const [key, color] of [['out', '#2f6fed'], ['in', '#e8833a']]) {
+      ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.beginPath()
+      series.forEach((s, i) => (i ? ctx.lineTo(x(i + offset), y(s[key])) : ctx.moveTo(x(i + offset), y(s[key]))))
+      ctx.stroke()
+    }
+    canvas.dataset.points = String(series.length)
+    canvas.dataset.lastOut = String(series.length ? series[series.length - 1].out : 0)
+    canvas.dataset.maxOut = String(Math.max(0, ...series.map((s) => s.out)))
+  }
+  async function refresh() {
+    try {
+      const response = await fetch('/admin/data', { headers })
+      if (!response.ok) throw new Error('HTTP ' + response.status)
+      const data = await response.json()
+      for (const key of ['connections', 'users', 'channels', 'subscriptions']) $(key).textContent = data[key]
+      const last = data.throughput[data.throughput.length - 1]
+      $('rate').textContent = last ? last.out : 0
+      $('busiest').innerHTML = rows(data.busiest, (c) => [c.channel, c.subscribers])
+      $('online').innerHTML = rows(data.online, (u) => [u.user_id, u.connections])
+      draw(data.throughput)
+      $('status').textContent = '· updated ' + new Date().toLocaleTimeString()
+    } catch (error) {
+      $('status').textContent = '· ' + error.message
+    }
+  }
+  refresh()
+  setInterval(refresh, 1000)
+</script>
+</body>
+</html>
+`

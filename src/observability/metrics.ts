@@ -1,0 +1,109 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import type { Hub } from '../hub/hub.ts'
+
+const PREFIX = 'teable_realtime_'
+
+/**
+ * Prometheus metrics. Nothing on the hot path touches prom-client but the
+ * three histograms: counters are read from the hub's exact Stats when
+ * scraped, gauges from live state. No label carries a channel or a user.
+ */
+export class Metrics {
+  readonly registry = new Registry()
+  /** From a client's submit arriving to its ack being sent. */
+  readonly submitAck: Histogram
+  /** From a write being queued to its fan-out (the commit in between). */
+  readonly publishToFanout: Histogram
+  /** One group commit's transaction. */
+  readonly commitDuration: Histogram
+
+  constructor(hub: Hub, historyRows: () => number) {
+    const registers = [this.registry]
+    collectDefaultMetrics({ register: this.registry, prefix: PREFIX })
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name: PREFIX + name,
+        help,
+        registers,
+        collect() {
+          this.set(read())
+        },
+      })
+    gauge('connections', 'Open WebSocket connections', () => hub.connectionCount)
+    gauge('users', 'Users with at least one open connection', () => hub.userCount)
+    gauge('channels', 'Channels with at least one subscriber', () => hub.channelCount)
+    gauge('subscriptions', 'Logical subscriptions', () => hub.totalSubscriptions)
+    gauge('history_rows', 'Stream entries held in the store', historyRows)
+
+    const { stats } = hub
+    const counter = (
+      name: string,
+      help: string,
+      label: string,
+      read: () => Record<string, number>,
+    ) => {
+      const reported = new Map<string, number>()
+      return new Counter({
+        name: PREFIX + name,
+        help,
+        labelNames: [label],
+        registers,
+        collect() {
+          for (const [value, total] of Object.entries(read())) {
+            const delta = total - (reported.get(value) ?? 0)
+            if (delta > 0) this.inc({ [label]: value }, delta)
+            reported.set(value, total)
+          }
+        },
+      })
+    }
+    counter(
+      'messages_in_total',
+      'Client frames received, by message type',
+      'type',
+      () => stats.messagesIn,
+    )
+    counter(
+      'messages_out_total',
+      'Frames sent, one per recipient, by message type',
+      'type',
+      () => stats.messagesOut,
+    )
+    counter('errors_total', 'Error replies sent, by code', 'code', () => stats.errors)
+    counter('disconnects_total', 'Connections ended, by reason', 'reason', () => stats.disconnects)
+    counter(
+      'replays_total',
+      'Subscribes with since, by whether history reached back',
+      'recovered',
+      () => stats.replays,
+    )
+
+    const seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
+    this.submitAck = new Histogram({
+      name: `${PREFIX}submit_ack_seconds`,
+      help: 'Time from a client submit arriving to its ack being sent',
+      buckets: seconds,
+      registers,
+    })
+    this.publishToFanout = new Histogram({
+      name: `${PREFIX}publish_to_fanout_seconds`,
+      help: 'Time from a write being queued to its fan-out (group commit included)',
+      buckets: seconds,
+      registers,
+    })
+    this.commitDuration = new Histogram({
+      name: `${PREFIX}store_commit_seconds`,
+      help: 'Duration of one group-commit transaction',
+      buckets: seconds,
+      registers,
+    })
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics()
+  }
+
+  get contentType(): string {
+    return this.registry.contentType
+  }
+}
