@@ -3,7 +3,7 @@ import { Elysia, status, ValidationError } from 'elysia'
 import pkg from '../package.json' with { type: 'json' }
 import { Gate } from './auth/gate.ts'
 import type { Config } from './config.ts'
-import { openStore } from './db/database.ts'
+import { BUSY_TIMEOUT_MS, openStore } from './db/database.ts'
 import { DocumentStore } from './documents/document-store.ts'
 import { Documents } from './documents/documents.ts'
 import { apiRoutes } from './http/api-routes.ts'
@@ -169,11 +169,15 @@ export function createServer(
         throughput,
         ready() {
           if (shuttingDown) return { ok: false, reason: 'shutting down' }
+          // Take the write lock without waiting for it: a probe must answer now.
+          store.sqlite.exec('PRAGMA busy_timeout = 0')
           try {
             store.sqlite.exec('BEGIN IMMEDIATE; ROLLBACK')
             return { ok: true }
           } catch (error) {
             return { ok: false, reason: `store not writable: ${(error as Error).message}` }
+          } finally {
+            store.sqlite.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`)
           }
         },
       }),

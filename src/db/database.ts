@@ -9,6 +9,9 @@ import * as schema from './schema.ts'
 
 export type Db = BunSQLiteDatabase<typeof schema>
 
+/** How long a write waits for a lock another process holds. */
+export const BUSY_TIMEOUT_MS = 5000
+
 export interface Store {
   /** Drizzle, for everything but the hot paths. */
   db: Db
@@ -38,7 +41,7 @@ export function openStore(path: string): Store {
   try {
     sqlite.exec('PRAGMA journal_mode = WAL')
     sqlite.exec('PRAGMA synchronous = NORMAL')
-    sqlite.exec('PRAGMA busy_timeout = 5000')
+    sqlite.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`)
     sqlite.exec('PRAGMA foreign_keys = ON')
     const db = drizzle(sqlite, { schema })
     applyMigrations(db)

@@ -54,17 +54,17 @@ export const adminPage = `<!doctype html>
     const max = Math.max(1, ...series.map((s) => Math.max(s.in, s.out)))
     ctx.fillStyle = '#667'; ctx.font = '12px system-ui'; ctx.fillText(max + '/s', 4, 12)
     ctx.strokeStyle = '#eee'; ctx.beginPath(); ctx.moveTo(pad, h - pad); ctx.lineTo(w, h - pad); ctx.stroke()
-    const x = (i) => pad + (i * (w - pad)) / Math.max(1, 299)
-    const y = (v) => h - pad - (v / max) * (h - 2 * pad)
+    // One pair of bars per second: out (blue) and in (orange), newest on the right.
+    const slot = (w - pad) / 300
+    const y = (v) => ((h - 2 * pad) * v) / max
     const offset = 300 - series.length
-    for (const [key, color] of [['out', '#2f6fed'], ['in', '#e8833a']]) {
-      ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.beginPath()
-      series.forEach((s, i) => (i ? ctx.lineTo(x(i + offset), y(s[key])) : ctx.moveTo(x(i + offset), y(s[key]))))
-      ctx.stroke()
-    }
+    series.forEach((s, i) => {
+      const left = pad + (i + offset) * slot
+      ctx.fillStyle = '#2f6fed'; ctx.fillRect(left, h - pad - y(s.out), Math.max(1, slot / 2), y(s.out))
+      ctx.fillStyle = '#e8833a'; ctx.fillRect(left + slot / 2, h - pad - y(s.in), Math.max(1, slot / 2), y(s.in))
+    })
     canvas.dataset.points = String(series.length)
-    canvas.dataset.lastOut = String(series.length ? series[series.length - 1].out : 0)
-    canvas.dataset.maxOut = String(Math.max(0, ...series.map((s) => s.out)))
+    canvas.dataset.totalOut = String(series.reduce((sum, s) => sum + s.out, 0))
   }
   async function refresh() {
     try {

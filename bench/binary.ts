@@ -1,0 +1,74 @@
+/**
+ * bench:binary — the single binary: its size, time from exec to /readyz
+ * answering 200 in an empty directory (median of 5 starts, against
+ * `bun src/main.ts` as the baseline), and resident memory when idle.
+ */
+import { mkdtempSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fmt, table } from './lib.ts'
+
+const root = join(import.meta.dir, '..')
+const work = mkdtempSync(join(tmpdir(), 'teable-realtime-binary-bench-'))
+const binary = join(work, 'teable-realtime')
+const build = Bun.spawnSync(
+  ['bun', 'build', '--compile', '--minify', 'src/main.ts', '--outfile', binary],
+  { cwd: root },
+)
+if (build.exitCode !== 0) throw new Error(build.stderr.toString())
+
+async function start(argv: string[], cwd: string): Promise<{ ms: number; rssMiB: number }> {
+  const dir = mkdtempSync(join(work, 'run-'))
+  const started = performance.now()
+  const proc = Bun.spawn(argv, {
+    cwd,
+    env: {
+      PATH: process.env.PATH ?? '',
+      SOCKET_PORT: '0',
+      HOST: '127.0.0.1',
+      DB_PATH: join(dir, 'db.sqlite'),
+      LOG_LEVEL: 'info',
+    },
+    stdout: 'pipe',
+  })
+  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader()
+  let text = ''
+  let port: number | undefined
+  while (port === undefined) {
+    const { value, done } = await reader.read()
+    if (done) throw new Error(`${argv[0]} exited`)
+    text += new TextDecoder().decode(value)
+    const match = text.match(/"port":(\d+)[^\n]*"msg":"listening"/)
+    if (match) port = Number(match[1])
+  }
+  while ((await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.status !== 200)
+    await Bun.sleep(1)
+  const ms = performance.now() - started
+  await Bun.sleep(2000) // idle
+  const status = await Bun.file(`/proc/${proc.pid}/status`).text()
+  const rssMiB = Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) / 1024
+  proc.kill('SIGTERM')
+  await proc.exited
+  return { ms, rssMiB }
+}
+
+const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0
+const rows: Array<Array<string | number>> = []
+for (const [name, argv, cwd] of [
+  ['dist binary (bun build --compile)', [binary], work],
+  ['bun src/main.ts (baseline)', ['bun', 'src/main.ts'], root],
+] as const) {
+  const runs = []
+  for (let i = 0; i < 5; i++) runs.push(await start([...argv], cwd))
+  rows.push([
+    name,
+    name.startsWith('dist') ? fmt(statSync(binary).size / 1024 / 1024, 1) : '—',
+    fmt(median(runs.map((r) => r.ms))),
+    fmt(median(runs.map((r) => r.rssMiB)), 1),
+  ])
+}
+rmSync(work, { recursive: true, force: true })
+console.log(
+  '\nbench:binary — exec to /readyz 200 in an empty directory (median of 5), idle RSS 2 s after\n',
+)
+console.log(table(['program', 'size MiB', 'start to ready ms', 'idle RSS MiB'], rows))
