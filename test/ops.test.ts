@@ -145,6 +145,9 @@ describe('logs', () => {
       .sign(createSecretKey(Buffer.from(secret)))
     const server = await spawnServer({ DB_PATH: ':memory:', AUTH_SECRET: secret })
     const client = await TestClient.connect(server, { token })
+    expect((await client.request({ type: 'subscribe', collection: 'forbidden' })).error?.code).toBe(
+      403,
+    )
     client.send({ type: 'disconnect' })
     await client.closed
     const refused = await fetch(`${server.url}/api/ws/socket?token=${token}x`, {

@@ -24,6 +24,17 @@ interface Reply {
   data: unknown
 }
 
+/**
+ * Refusals worth an operator's attention (auth, limits). Rate-limit 429s are
+ * not logged one by one: a flood would flood the log; closing it is logged.
+ */
+const LOGGED_REFUSALS = new Set<number>([
+  ErrorCode.Unauthenticated,
+  ErrorCode.Forbidden,
+  ErrorCode.TooLarge,
+  ErrorCode.RateLimited,
+])
+
 /** Types answered even without an `id`; the rest reply only on failure. */
 const ALWAYS_ANSWERED = new Set(['ping', 'connect', 'disconnect'])
 
@@ -177,6 +188,17 @@ export class ClientHandler {
       error instanceof ProtocolError
         ? error
         : new ProtocolError(ErrorCode.Internal, 'internal error')
+    if (LOGGED_REFUSALS.has(failure.code))
+      this.logger.warn(
+        {
+          connection_id: connection.id,
+          user_id: connection.userId,
+          type: message.type,
+          code: failure.code,
+          reason: failure.message,
+        },
+        'refused',
+      )
     this.sendError(connection, message.id, failure, this.echoChannel(message))
   }
 
