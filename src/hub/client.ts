@@ -61,7 +61,7 @@ export class ClientHandler {
     this.logger.warn({ code, reason, remote_address: address }, 'connection refused')
   }
 
-  open(socket: Socket, info: ClientInfo, identity: Identity | undefined): Connection {
+  open(socket: Socket, info: ClientInfo, identity: Identity | undefined): void {
     const now = Date.now()
     const connection = this.hub.register(socket, info, now)
     connection.grants = identity?.grants
@@ -81,7 +81,6 @@ export class ClientHandler {
       { connection_id: connection.id, user_id: userId, session_id: sessionId },
       'connected',
     )
-    return connection
   }
 
   close(socket: object, code: number): void {
@@ -143,8 +142,8 @@ export class ClientHandler {
   }
 
   /**
-   * Over MESSAGE_RATE: a 429. Refusals past RATE_STRIKES within 10 s mean the
-   * client ignores them: it is closed (1008).
+   * Over MESSAGE_RATE: a 429. More than max(50, MESSAGE_RATE) refusals within
+   * 10 s mean the client ignores them: it is closed (1008).
    */
   private rateLimited(connection: Connection, message: ClientMessage, now: number): void {
     if (now - connection.refusedSince > 10_000) {
