@@ -10,6 +10,7 @@ import {
   TestClient,
   type TestServer,
   uniqueName,
+  upgradeRequest,
 } from './helpers.ts'
 
 const SECRET = 'test-secret-that-is-long-enough-for-hs256'
@@ -32,18 +33,6 @@ function sign(claims: Claims, key: KeyObject | CryptoKey = hsKey, alg = 'HS256')
   return jwt.sign(key)
 }
 
-function upgrade(server: TestServer, query: string, headers: Record<string, string> = {}) {
-  return fetch(`${server.url}/api/ws/socket${query}`, {
-    headers: {
-      Connection: 'Upgrade',
-      Upgrade: 'websocket',
-      'Sec-WebSocket-Version': '13',
-      'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==',
-      ...headers,
-    },
-  })
-}
-
 let server: TestServer
 beforeAll(() => {
   server = startServer({ AUTH_SECRET: SECRET, HEARTBEAT_INTERVAL: '0.1', CONNECTION_TIMEOUT: '30' })
@@ -52,11 +41,11 @@ afterAll(() => server.close())
 
 describe('connection tokens', () => {
   test('no token, a bad one, an expired one and a mismatched user_id are refused before the upgrade', async () => {
-    const none = await upgrade(server, '?user_id=alice')
+    const none = await upgradeRequest(server, '?user_id=alice')
     expect(none.status).toBe(401)
     expect((await none.json()).error).toMatchObject({ code: 401, details: { field: 'token' } })
 
-    const bad = await upgrade(server, '?token=not.a.jwt')
+    const bad = await upgradeRequest(server, '?token=not.a.jwt')
     expect(bad.status).toBe(401)
     expect((await bad.json()).error.message).toBe('invalid token')
 
@@ -64,18 +53,18 @@ describe('connection tokens', () => {
       { sub: 'alice' },
       createSecretKey(Buffer.from('another-secret-of-some-length!!')),
     )
-    expect((await upgrade(server, `?token=${forged}`)).status).toBe(401)
+    expect((await upgradeRequest(server, `?token=${forged}`)).status).toBe(401)
 
     const expired = await sign({ sub: 'alice', ttl: -10 })
-    const expiredReply = await upgrade(server, `?token=${expired}`)
+    const expiredReply = await upgradeRequest(server, `?token=${expired}`)
     expect(expiredReply.status).toBe(401)
     expect((await expiredReply.json()).error.message).toBe('token expired')
 
     const noSub = await sign({})
-    expect((await upgrade(server, `?token=${noSub}`)).status).toBe(401)
+    expect((await upgradeRequest(server, `?token=${noSub}`)).status).toBe(401)
 
     const alice = await sign({ sub: 'alice' })
-    const mismatch = await upgrade(server, `?token=${alice}&user_id=bob`)
+    const mismatch = await upgradeRequest(server, `?token=${alice}&user_id=bob`)
     expect(mismatch.status).toBe(403)
     expect((await mismatch.json()).error.details.field).toBe('user_id')
   })
@@ -86,7 +75,7 @@ describe('connection tokens', () => {
     expect(viaQuery.connected.data.user_id).toBe('alice')
     const sameUser = await TestClient.connect(server, { token, user_id: 'alice' })
     expect(sameUser.connected.data.user_id).toBe('alice')
-    const viaHeader = await upgrade(server, '', { Authorization: `Bearer ${token}` })
+    const viaHeader = await upgradeRequest(server, '', { Authorization: `Bearer ${token}` })
     expect(viaHeader.status).toBe(101)
     await Promise.all([viaQuery.close(), sameUser.close()])
   })
@@ -101,9 +90,7 @@ describe('connection tokens', () => {
       expect(client.connected.data.user_id).toBe('carol')
       await client.close()
       // An HS256 token signed with anything is not accepted by a public-key server.
-      expect(
-        (await upgrade(own as TestServer, `?token=${await sign({ sub: 'carol' })}`)).status,
-      ).toBe(401)
+      expect((await upgradeRequest(own, `?token=${await sign({ sub: 'carol' })}`)).status).toBe(401)
     } finally {
       await own.close()
     }

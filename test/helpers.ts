@@ -334,9 +334,16 @@ export interface ServerProcess {
 }
 
 /** Runs src/main.ts as its own process and resolves once it logged "listening". */
-export async function spawnServer(env: Record<string, string>): Promise<ServerProcess> {
-  const proc = Bun.spawn(['bun', 'src/main.ts'], {
+export async function spawnServer(
+  env: Record<string, string>,
+  /** Another program to run (the compiled binary), and where. */
+  program: { argv: string[]; cwd: string } = {
+    argv: ['bun', 'src/main.ts'],
     cwd: `${import.meta.dir}/..`,
+  },
+): Promise<ServerProcess> {
+  const proc = Bun.spawn(program.argv, {
+    cwd: program.cwd,
     env: {
       ...process.env,
       SOCKET_PORT: '0',
@@ -400,4 +407,21 @@ export async function runServerExpectingFailure(
   })
   const code = await proc.exited
   return { code, stderr: await new Response(proc.stderr as ReadableStream).text() }
+}
+
+/** An upgrade request as a browser sends it, to read the HTTP answer of a refused upgrade. */
+export function upgradeRequest(
+  server: { url: string },
+  query: string,
+  headers: Record<string, string> = {},
+) {
+  return fetch(`${server.url}/api/ws/socket${query}`, {
+    headers: {
+      Connection: 'Upgrade',
+      Upgrade: 'websocket',
+      'Sec-WebSocket-Version': '13',
+      'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==',
+      ...headers,
+    },
+  })
 }

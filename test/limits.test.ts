@@ -9,18 +9,8 @@ import {
   TestClient,
   type TestServer,
   uniqueName,
+  upgradeRequest,
 } from './helpers.ts'
-
-function upgrade(server: TestServer, query: string) {
-  return fetch(`${server.url}/api/ws/socket${query}`, {
-    headers: {
-      Connection: 'Upgrade',
-      Upgrade: 'websocket',
-      'Sec-WebSocket-Version': '13',
-      'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==',
-    },
-  })
-}
 
 async function withServer(env: Record<string, string>, run: (server: TestServer) => Promise<void>) {
   const server = startServer(env)
@@ -35,12 +25,12 @@ describe('connection limits', () => {
   test('MAX_CONNECTIONS refuses the next upgrade with 429 JSON', () =>
     withServer({ MAX_CONNECTIONS: '3' }, async (server) => {
       const clients = await connectMany(server, 3)
-      const refused = await upgrade(server, '?user_id=late')
+      const refused = await upgradeRequest(server, '?user_id=late')
       expect(refused.status).toBe(429)
       expect((await refused.json()).error).toMatchObject({ code: 429 })
       await clients[0]?.close()
       await eventually(async () =>
-        expect((await upgrade(server, '?user_id=later')).status).toBe(101),
+        expect((await upgradeRequest(server, '?user_id=later')).status).toBe(101),
       )
       await Promise.all(clients.map((c) => c.close()))
     }))
@@ -51,7 +41,7 @@ describe('connection limits', () => {
         await TestClient.connect(server, { user_id: 'gus' }),
         await TestClient.connect(server, { user_id: 'gus' }),
       ]
-      const third = await upgrade(server, '?user_id=gus')
+      const third = await upgradeRequest(server, '?user_id=gus')
       expect(third.status).toBe(429)
       expect((await third.json()).error.message).toContain('MAX_CONNECTIONS_PER_USER')
       const other = await TestClient.connect(server, { user_id: 'hal' })
@@ -61,7 +51,8 @@ describe('connection limits', () => {
   test('connection attempts per address per second are limited (twice the rate in a burst)', () =>
     withServer({ CONNECT_RATE_PER_IP: '2' }, async (server) => {
       const statuses = []
-      for (let i = 0; i < 6; i++) statuses.push((await upgrade(server, `?user_id=u${i}`)).status)
+      for (let i = 0; i < 6; i++)
+        statuses.push((await upgradeRequest(server, `?user_id=u${i}`)).status)
       expect(statuses.slice(0, 4)).toEqual([101, 101, 101, 101])
       expect(statuses.slice(4)).toEqual([429, 429])
     }))

@@ -10,7 +10,6 @@ import {
   spawnServer,
   startServer,
   TestClient,
-  type TestServer,
   tempDir,
 } from './helpers.ts'
 
@@ -223,29 +222,9 @@ describe('single binary', () => {
       expect(build.exitCode).toBe(0)
       expect(statSync(binary).size).toBeGreaterThan(1_000_000)
       const empty = mkdtempSync(join(work, 'run-'))
-      const proc = Bun.spawn([binary], {
-        cwd: empty,
-        env: { PATH: process.env.PATH ?? '', SOCKET_PORT: '0', HOST: '127.0.0.1' },
-        stdout: 'pipe',
-        stderr: 'pipe',
-      })
-      const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader()
-      let text = ''
-      let port: number | undefined
-      while (port === undefined) {
-        const { value, done } = await reader.read()
-        if (done)
-          throw new Error(
-            `binary exited: ${await new Response(proc.stderr as ReadableStream).text()}`,
-          )
-        text += new TextDecoder().decode(value)
-        const match = text.match(/"port":(\d+)[^\n]*"msg":"listening"/)
-        if (match) port = Number(match[1])
-      }
-      const server = {
-        url: `http://127.0.0.1:${port}`,
-        wsUrl: `ws://127.0.0.1:${port}/api/ws/socket`,
-      } as TestServer
+      // No DB_PATH: it creates ./data/realtime.db in the empty directory.
+      const server = await spawnServer({}, { argv: [binary], cwd: empty })
+      const { proc } = server
       try {
         expect(statSync(join(empty, 'data', 'realtime.db')).size).toBeGreaterThan(0)
         const client = await TestClient.connect(server)
@@ -265,7 +244,7 @@ describe('single binary', () => {
         expect(metrics).toContain('teable_realtime_messages_out_total{type="op"} 1')
       } finally {
         proc.kill('SIGTERM')
-        expect(await proc.exited).toBe(0)
+        expect(await server.exited).toBe(0)
       }
     } finally {
       rmSync(work, { recursive: true, force: true })

@@ -1,23 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { startServer, TestClient, type TestServer, uniqueName } from './helpers.ts'
+import { startServer, TestClient, type TestServer, uniqueName, upgradeRequest } from './helpers.ts'
 
 let server: TestServer
 beforeAll(() => {
   server = startServer({ MAX_MESSAGE_SIZE: '4096' })
 })
 afterAll(() => server.close())
-
-/** An upgrade request as a browser sends it, to see the HTTP answer of a refused upgrade. */
-function upgradeRequest(query: string) {
-  return fetch(`${server.url}/api/ws/socket${query}`, {
-    headers: {
-      Connection: 'Upgrade',
-      Upgrade: 'websocket',
-      'Sec-WebSocket-Version': '13',
-      'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==',
-    },
-  })
-}
 
 describe('connecting', () => {
   test('sends connected with ids, heartbeat interval and server time', async () => {
@@ -39,12 +27,12 @@ describe('connecting', () => {
   })
 
   test('refuses an upgrade without user_id with HTTP 400 JSON', async () => {
-    const response = await upgradeRequest('')
+    const response = await upgradeRequest(server, '')
     expect(response.status).toBe(400)
     expect(await response.json()).toEqual({
       error: { code: 400, message: 'user_id is required', details: { field: 'user_id' } },
     })
-    const blank = await upgradeRequest('?user_id=%20%20')
+    const blank = await upgradeRequest(server, '?user_id=%20%20')
     expect(blank.status).toBe(400)
   })
 })
