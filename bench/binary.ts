@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fmt, table } from './lib.ts'
+import { fmt, startChild, table } from './lib.ts'
 
 const root = join(import.meta.dir, '..')
 const work = mkdtempSync(join(tmpdir(), 'teable-realtime-binary-bench-'))
@@ -20,35 +20,19 @@ if (build.exitCode !== 0) throw new Error(build.stderr.toString())
 async function start(argv: string[], cwd: string): Promise<{ ms: number; rssMiB: number }> {
   const dir = mkdtempSync(join(work, 'run-'))
   const started = performance.now()
-  const proc = Bun.spawn(argv, {
+  const child = await startChild(
+    argv,
+    { SOCKET_PORT: '0', HOST: '127.0.0.1', DB_PATH: join(dir, 'db.sqlite'), LOG_LEVEL: 'info' },
     cwd,
-    env: {
-      PATH: process.env.PATH ?? '',
-      SOCKET_PORT: '0',
-      HOST: '127.0.0.1',
-      DB_PATH: join(dir, 'db.sqlite'),
-      LOG_LEVEL: 'info',
-    },
-    stdout: 'pipe',
-  })
-  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader()
-  let text = ''
-  let port: number | undefined
-  while (port === undefined) {
-    const { value, done } = await reader.read()
-    if (done) throw new Error(`${argv[0]} exited`)
-    text += new TextDecoder().decode(value)
-    const match = text.match(/"port":(\d+)[^\n]*"msg":"listening"/)
-    if (match) port = Number(match[1])
-  }
-  while ((await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.status !== 200)
+  )
+  while (
+    (await fetch(`http://127.0.0.1:${child.port}/readyz`).catch(() => undefined))?.status !== 200
+  )
     await Bun.sleep(1)
   const ms = performance.now() - started
   await Bun.sleep(2000) // idle
-  const status = await Bun.file(`/proc/${proc.pid}/status`).text()
-  const rssMiB = Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) / 1024
-  proc.kill('SIGTERM')
-  await proc.exited
+  const rssMiB = await child.rssMiB()
+  await child.stop()
   return { ms, rssMiB }
 }
 

@@ -16,9 +16,13 @@ export interface Child {
 }
 
 /** Starts a server process and waits for its JSON "listening" line. */
-export async function startChild(argv: string[], env: Record<string, string> = {}): Promise<Child> {
+export async function startChild(
+  argv: string[],
+  env: Record<string, string> = {},
+  cwd: string = root,
+): Promise<Child> {
   const proc = Bun.spawn(argv, {
-    cwd: root,
+    cwd,
     env: { ...process.env, ...env },
     stdout: 'pipe',
     stderr: 'inherit',
