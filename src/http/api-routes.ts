@@ -286,6 +286,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
         query: t.Object({
           channel: t.String({
             description: '`collection`, or `collection.document` for one document',
+            examples: ['record_tbl1'],
           }),
           since: t.Optional(
             t.Integer({ minimum: 0, description: 'Exclusive: entries with offset > since' }),
@@ -302,7 +303,10 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
     )
     .get('/presence', ({ query }) => presence.view(parseChannel(query.channel)), {
       query: t.Object({
-        channel: t.String({ description: '`collection` or `collection.document`' }),
+        channel: t.String({
+          description: '`collection` or `collection.document`',
+          examples: ['record_tbl1.rec1'],
+        }),
       }),
       detail: {
         tags: ['presence'],
@@ -365,7 +369,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
       },
       {
         query: t.Object({
-          user_id: t.String({ minLength: 1 }),
+          user_id: t.String({ minLength: 1, examples: ['usr1'] }),
           limit: t.Optional(t.Integer({ minimum: 1, maximum: 1000, default: 100 })),
         }),
         detail: {
@@ -380,7 +384,10 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
       '/documents/:collection/:id',
       ({ params }) => documents.snapshot(params.collection, params.id),
       {
-        params: t.Object({ collection: Name, id: Name }),
+        params: t.Object({
+          collection: t.String({ pattern: NAME_PATTERN, examples: ['record_tbl1'] }),
+          id: t.String({ pattern: NAME_PATTERN, examples: ['rec1'] }),
+        }),
         response: {
           200: t.Object({ v: t.Integer(), data: t.Unknown() }),
           404: ErrorReply,
