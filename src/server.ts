@@ -57,14 +57,16 @@ export function createServer(
   const hub = new Hub()
 
   const fanout = (entry: Parameters<typeof entryMessage>[0], exclude?: readonly string[]) => {
-    const fields = entryMessage(entry, streamStore.epoch)
-    const excluded = exclude
-      ?.map((id) => hub.getById(id))
-      .filter((connection): connection is Connection => connection !== undefined)
     const ref =
       entry.document === undefined
         ? { collection: entry.collection }
         : { collection: entry.collection, document: entry.document }
+    // Nobody follows it: no frame to build (a common case for backend publishes).
+    if (!hub.hasFollowers(ref)) return 0
+    const fields = entryMessage(entry, streamStore.epoch)
+    const excluded = exclude
+      ?.map((id) => hub.getById(id))
+      .filter((connection): connection is Connection => connection !== undefined)
     return hub.publish(ref, fields.type, encode(fields, entry.createdAt), excluded)
   }
   const metrics = new Metrics(hub, () => streamStore.heldRows)

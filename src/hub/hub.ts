@@ -136,6 +136,15 @@ export class Hub {
     return this.subscriptionCount
   }
 
+  /** Whether anyone here follows the channel (or, for a document, its collection). */
+  hasFollowers(ref: ChannelRef): boolean {
+    if (this.channelCounts.has(ref.collection)) return true
+    return (
+      ref.document !== undefined &&
+      this.channelCounts.has(channelName(ref.collection, ref.document))
+    )
+  }
+
   /** The `limit` channels with the most subscribers. */
   busiestChannels(limit: number): Array<{ channel: string; subscribers: number }> {
     return [...this.channelCounts]
