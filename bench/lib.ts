@@ -15,6 +15,19 @@ export interface Child {
   stop(): Promise<void>
 }
 
+/** A child's stdout, line by line. */
+async function* stdoutLines(proc: ReturnType<typeof Bun.spawn>): AsyncGenerator<string> {
+  const decoder = new TextDecoder()
+  let buffered = ''
+  for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
+    buffered += decoder.decode(chunk, { stream: true })
+    const lines = buffered.split('\n')
+    buffered = lines.pop() ?? ''
+    yield* lines
+  }
+  if (buffered) yield buffered
+}
+
 /** Starts a server process and waits for its JSON "listening" line. */
 export async function startChild(
   argv: string[],
@@ -27,19 +40,20 @@ export async function startChild(
     stdout: 'pipe',
     stderr: 'inherit',
   })
-  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader()
-  const decoder = new TextDecoder()
-  let text = ''
+  const lines = stdoutLines(proc)
   let port: number | undefined
   while (port === undefined) {
-    const { value, done } = await reader.read()
+    const { value: line, done } = await lines.next()
     if (done) throw new Error(`${argv.join(' ')} exited before listening`)
-    text += decoder.decode(value, { stream: true })
-    const match = text.match(/"msg":"listening".*?"port":(\d+)|"port":(\d+).*?"msg":"listening"/)
-    if (match) port = Number(match[1] ?? match[2])
+    const message = line.startsWith('{')
+      ? (JSON.parse(line) as { msg?: string; port?: number })
+      : {}
+    if (message.msg === 'listening') port = message.port
   }
   void (async () => {
-    while (!(await reader.read()).done) {}
+    for await (const _ of lines) {
+      // drained, so the child never blocks on a full pipe
+    }
   })()
   return {
     proc,
@@ -98,25 +112,14 @@ export async function runClient<T>(
     stdout: 'pipe',
     stderr: 'inherit',
   })
-  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader()
-  const decoder = new TextDecoder()
-  let text = ''
-  let scanned = 0
-  for (;;) {
-    const { value, done } = await reader.read()
-    if (done) break
-    text += decoder.decode(value, { stream: true })
-    const lines = text.slice(scanned).split('\n')
-    lines.pop()
-    for (const line of lines) {
-      scanned += line.length + 1
-      const phase = line.match(/^\{"phase":"(\w+)"\}$/)?.[1]
-      if (phase && onPhase) await onPhase(phase)
-    }
+  let last = ''
+  for await (const line of stdoutLines(proc)) {
+    const phase = line.match(/^\{"phase":"(\w+)"\}$/)?.[1]
+    if (phase && onPhase) await onPhase(phase)
+    else if (line.trim() !== '') last = line
   }
   const code = await proc.exited
   if (code !== 0) throw new Error(`${argv.join(' ')} exited ${code}`)
-  const last = text.trim().split('\n').at(-1) ?? ''
   return JSON.parse(last) as T
 }
 
