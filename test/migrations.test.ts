@@ -15,7 +15,9 @@ test('the embedded migrations index lists every drizzle/*.sql (run `bun run db:g
 test('migrations apply once to a new database and are recorded', () => {
   const dir = tempDir()
   const path = join(dir.path, 'm.db')
-  openStore(path).close()
+  const first = openStore(path)
+  expect(first.sqlite.query('PRAGMA journal_mode').get()).toEqual({ journal_mode: 'wal' })
+  first.close() // leaves WAL mode to release its lock at once (src/db/database.ts)
   openStore(path).close() // a second start applies nothing twice
   const db = new Database(path)
   const applied = db.query('SELECT COUNT(*) AS n FROM __drizzle_migrations').get() as { n: number }
@@ -34,7 +36,6 @@ test('migrations apply once to a new database and are recorded', () => {
     'streams',
   ])
   expect(tables.find((t) => t.name === 'stream_entries')?.sql).toContain('WITHOUT ROWID')
-  expect(db.query('PRAGMA journal_mode').get()).toEqual({ journal_mode: 'wal' })
   db.close()
   dir.remove()
 })

@@ -17,7 +17,11 @@ export class Metrics {
   /** One group commit's transaction. */
   readonly commitDuration: Histogram
 
-  constructor(hub: Hub, historyRows: () => number) {
+  constructor(
+    hub: Hub,
+    historyRows: () => number,
+    store: { readonly failures: number; readonly writable: boolean },
+  ) {
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: PREFIX })
     const gauge = (name: string, help: string, read: () => number) =>
@@ -34,6 +38,21 @@ export class Metrics {
     gauge('channels', 'Channels with at least one subscriber', () => hub.channelCount)
     gauge('subscriptions', 'Logical subscriptions', () => hub.totalSubscriptions)
     gauge('history_rows', 'Stream entries held in the store', historyRows)
+    gauge(
+      'store_writable',
+      '1 while the database file is the one opened and the last write succeeded',
+      () => (store.writable ? 1 : 0),
+    )
+    let failuresReported = 0
+    new Counter({
+      name: `${PREFIX}store_failures_total`,
+      help: 'Write transactions the store failed (disk, file, lock) or refused (database file deleted or replaced)',
+      registers,
+      collect() {
+        this.inc(store.failures - failuresReported)
+        failuresReported = store.failures
+      },
+    })
 
     const { stats } = hub
     const counter = (

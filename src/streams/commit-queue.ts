@@ -1,4 +1,4 @@
-import type { Database } from 'bun:sqlite'
+import type { Store, StoreHealth } from '../db/database.ts'
 import type { Logger } from '../observability/logger.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import type { StreamEntry } from './entry.ts'
@@ -50,21 +50,29 @@ export interface CommitObserver {
  * before it is durable.
  *
  * A job refusing with a ProtocolError before it appended anything is refused
- * alone; any other failure rolls the whole batch back and answers 500.
+ * alone; any other failure rolls the whole batch back and answers every job:
+ * 503 when the store failed (disk, file, lock: nothing stored, retry later),
+ * 500 when the write itself did. While the database file is deleted or
+ * replaced, batches are refused with 503 before anything runs: an ack would
+ * promise a write into a file the next start will not see.
  */
 export class CommitQueue {
   private jobs: Job[] = []
   private scheduled = false
   private readonly participants: BatchParticipant[]
+  private readonly sqlite: Store['sqlite']
+  private readonly health: StoreHealth
 
   constructor(
-    private readonly sqlite: Database,
+    store: Pick<Store, 'sqlite' | 'health'>,
     private readonly streams: StreamStore,
     private readonly fanout: Fanout,
     private readonly logger: Logger,
     participants: BatchParticipant[],
     private readonly observer: CommitObserver,
   ) {
+    this.sqlite = store.sqlite
+    this.health = store.health
     this.participants = [
       ...participants,
       { beforeCommit: () => streams.flushHeads(), rollback: () => streams.resetCache() },
@@ -92,6 +100,16 @@ export class CommitQueue {
     const jobs = this.jobs
     if (jobs.length === 0) return
     this.jobs = []
+    const lost = this.health.fileProblem()
+    if (lost !== undefined) {
+      this.health.refused()
+      const refusal = new ProtocolError(
+        ErrorCode.Unavailable,
+        'store unavailable: the database file was deleted or replaced; this server must be restarted',
+      )
+      for (const job of jobs) this.settle(job, refusal, undefined)
+      return
+    }
     const appended: Appended[] = []
     const batch: Batch = {
       append: (entry, exclude) => {
@@ -120,10 +138,17 @@ export class CommitQueue {
     } catch (error) {
       for (const participant of this.participants) participant.rollback()
       this.logger.error({ err: error, jobs: jobs.length }, 'commit failed; batch rolled back')
-      const failure = new ProtocolError(ErrorCode.Internal, 'the store could not commit this write')
+      const failure = this.health.failed(error)
+        ? new ProtocolError(
+            ErrorCode.Unavailable,
+            'store unavailable: this write was not stored; retry later',
+          )
+        : new ProtocolError(ErrorCode.Internal, 'the store could not commit this write')
       for (const job of jobs) this.settle(job, failure, undefined)
       return
     }
+    // A batch of refusals wrote nothing: it says nothing about the disk.
+    if (appended.length > 0) this.health.succeeded()
     this.observer.committed((performance.now() - started) / 1000, appended.length)
     let next = 0
     jobs.forEach((job, i) => {
