@@ -14,6 +14,11 @@ export interface DocumentState {
   deleted: boolean
   /** Offset of the latest change (the head of the document's chain in its stream). */
   lastOffset: number | null
+  /**
+   * UTF-8 bytes of `data`'s JSON text (0 without a snapshot): exact when
+   * loaded or committed, a safe upper bound after ops within a batch.
+   */
+  size: number
 }
 
 interface DocumentRow {
@@ -28,19 +33,23 @@ const key = (collection: string, id: string) => `${collection}\u0000${id}`
 
 /**
  * Snapshots and versions, cached in memory and written once per document per
- * batch, just before the batch commits. The cache is bounded: past
- * `maxCached`, the documents loaded first are dropped (they reload from the
- * database when next used).
+ * batch, just before the batch commits. The cache is bounded by count and by
+ * the documents' JSON bytes (a count alone would let 10,000 documents at
+ * MAX_DOCUMENT_SIZE hold gigabytes): past either, the documents loaded first
+ * are dropped (they reload from the database when next used).
  */
 export class DocumentStore implements BatchParticipant {
   private readonly cache = new Map<string, DocumentState>()
   private readonly dirty = new Map<string, DocumentState>()
+  /** Sum of the cached documents' `size`. */
+  private cachedBytes = 0
   private readonly selectOne: Statement<DocumentRow>
   private readonly upsert: Statement
 
   constructor(
     private readonly store: Store,
     private readonly maxCached = 10_000,
+    private readonly maxCachedBytes = 128 * 1024 * 1024,
   ) {
     this.selectOne = store.sqlite.prepare(
       'SELECT v, type, data, deleted, last_offset AS lastOffset FROM documents WHERE collection = ? AND id = ?',
@@ -67,41 +76,57 @@ export class DocumentStore implements BatchParticipant {
       data: row.data === null ? null : JSON.parse(row.data),
       deleted: row.deleted !== 0,
       lastOffset: row.lastOffset,
+      size: row.data === null ? 0 : Buffer.byteLength(row.data),
     }
     this.cache.set(k, state)
+    this.cachedBytes += state.size
     return state
   }
 
   /** Records a new state inside the running batch. */
   put(state: DocumentState): void {
     const k = key(state.collection, state.id)
+    this.cachedBytes += state.size - (this.cache.get(k)?.size ?? 0)
     this.cache.set(k, state)
     this.dirty.set(k, state)
   }
 
+  /**
+   * Writes each document changed in the batch once, whole: this is the one
+   * per-batch cost that follows the document's size (MAX_DOCUMENT_SIZE bounds
+   * it). The text written makes the tracked size exact again.
+   */
   beforeCommit(): void {
     const now = Date.now()
-    for (const state of this.dirty.values())
+    for (const state of this.dirty.values()) {
+      const text = state.type === null ? null : JSON.stringify(state.data)
+      const size = text === null ? 0 : Buffer.byteLength(text)
+      this.cachedBytes += size - state.size
+      state.size = size
       this.upsert.run(
         state.collection,
         state.id,
         state.v,
         state.type,
-        state.type === null ? null : JSON.stringify(state.data),
+        text,
         state.deleted ? 1 : 0,
         now,
         state.lastOffset,
       )
+    }
     this.dirty.clear()
-    for (const k of this.cache.keys()) {
-      if (this.cache.size <= this.maxCached) break
+    for (const [k, state] of this.cache) {
+      if (this.cache.size <= this.maxCached && this.cachedBytes <= this.maxCachedBytes) break
       this.cache.delete(k)
+      this.cachedBytes -= state.size
     }
   }
 
+  /** Ops change cached snapshots in place: dropping the cache is what undoes a failed batch. */
   rollback(): void {
     this.dirty.clear()
     this.cache.clear()
+    this.cachedBytes = 0
   }
 
   /** Committed documents of a collection (deleted ones left out), by id. */
@@ -127,6 +152,7 @@ export class DocumentStore implements BatchParticipant {
       data: row.data === null ? null : JSON.parse(row.data),
       deleted: row.deleted,
       lastOffset: row.lastOffset,
+      size: row.data === null ? 0 : Buffer.byteLength(row.data),
     }))
   }
 }

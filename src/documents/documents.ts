@@ -3,7 +3,14 @@ import type { Batch, CommitQueue, Settle } from '../streams/commit-queue.ts'
 import type { EntrySource, StreamEntry } from '../streams/entry.ts'
 import type { StreamStore } from '../streams/stream-store.ts'
 import type { DocumentState, DocumentStore } from './document-store.ts'
-import { applyOp, type Json0Op, normalizeOp, type OpComponent, transformOp } from './json0.ts'
+import {
+  applyOp,
+  type Json0Op,
+  normalizeOp,
+  type OpComponent,
+  tooLarge,
+  transformOp,
+} from './json0.ts'
 
 /** One write to a document: exactly one of `op`, `create`, `del`. */
 export interface SubmitRequest {
@@ -51,6 +58,8 @@ export class Documents {
     private readonly streams: StreamStore,
     private readonly store: DocumentStore,
     private readonly maxOpComponents: number,
+    /** Bytes of a snapshot's JSON text (MAX_DOCUMENT_SIZE). */
+    private readonly maxDocumentSize: number,
   ) {}
 
   /**
@@ -103,6 +112,7 @@ export class Documents {
       data: null,
       deleted: false,
       lastOffset: null,
+      size: 0,
     }
     const base = request.v ?? state.v
     if (base > state.v)
@@ -118,9 +128,14 @@ export class Documents {
     let payload: unknown
     if (request.create) {
       if (state.type !== null) throw conflict('document already exists', state.v)
+      const text = JSON.stringify(request.create.data)
+      const size = Buffer.byteLength(text)
+      if (size > this.maxDocumentSize) throw tooLarge(size, this.maxDocumentSize, 'create.data')
       kind = 'create'
       payload = { type: 'json0', data: request.create.data }
-      next = { ...state, v: state.v + 1, type: 'json0', data: request.create.data, deleted: false }
+      // A copy: ops change the snapshot in place, and the payload is sent after the commit.
+      const data: unknown = JSON.parse(text)
+      next = { ...state, v: state.v + 1, type: 'json0', data, deleted: false, size }
     } else if (request.del) {
       if (state.type === null)
         throw new ProtocolError(ErrorCode.NotFound, 'no snapshot of this document to delete', {
@@ -128,7 +143,7 @@ export class Documents {
         })
       kind = 'del'
       payload = true
-      next = { ...state, v: state.v + 1, type: null, data: null, deleted: true }
+      next = { ...state, v: state.v + 1, type: null, data: null, deleted: true, size: 0 }
     } else {
       if (state.deleted)
         throw new ProtocolError(ErrorCode.NotFound, 'document was deleted', { v: state.v })
@@ -143,8 +158,12 @@ export class Documents {
       }
       kind = 'op'
       payload = op
-      const data = state.type === 'json0' ? applyOp(state.data, op) : null
-      next = { ...state, v: state.v + 1, data }
+      // In place: a refusal undoes itself; a failed batch drops the cache (DocumentStore.rollback).
+      const applied =
+        state.type === 'json0'
+          ? applyOp(state.data, state.size, op, this.maxDocumentSize)
+          : { data: null, size: 0 }
+      next = { ...state, v: state.v + 1, data: applied.data, size: applied.size }
     }
 
     const entry: Omit<StreamEntry, 'offset'> = {
