@@ -43,6 +43,12 @@ const odd = fc.oneof(
     'constructor',
     '',
     ' ',
+    // Integers written as strings: the socket must refuse them, never coerce or compare them.
+    '5',
+    '-5',
+    '0',
+    '5000',
+    '1e3',
   ),
 )
 const name = fc.oneof(
@@ -220,4 +226,92 @@ test('thousands of random and mutated frames: one reply per id, the server stays
   // The fuzz did write: valid frames among the random ones were applied.
   expect(stored).toBeGreaterThan(0)
   await Promise.all([bystander.close(), fuzzer.close()])
+})
+
+/** Integers the socket must refuse: numeric strings, and numbers out of the field's range. */
+const asString = fc.oneof(
+  fc.integer({ min: -10, max: 10_000 }).map(String),
+  fc.constantFrom('1e3', ' 7', '0x10', '1.5', '', 'Infinity'),
+)
+const notIndex = fc.oneof(
+  fc.integer({ min: -1000, max: -1 }),
+  fc.double({ min: 0.1, max: 1000, noInteger: true, noNaN: true }),
+  fc.constant(2 ** 53),
+)
+const strictCase = fc.oneof(
+  fc.oneof(asString, notIndex).map((v) => ({
+    field: 'v',
+    message: { type: 'submit', collection: 'strict', document: 'd', v, op: [{ p: ['n'], na: 1 }] },
+  })),
+  fc.oneof(asString, notIndex).map((seq) => ({
+    field: 'seq',
+    message: {
+      type: 'submit',
+      collection: 'strict',
+      document: 'd',
+      src: 'fuzz',
+      seq,
+      op: [{ p: ['n'], na: 1 }],
+    },
+  })),
+  fc.oneof(asString, notIndex).map((offset) => ({
+    field: 'since.offset',
+    message: { type: 'subscribe', collection: 'strict', since: { epoch: 'e', offset } },
+  })),
+  fc.oneof(asString, notIndex).map((v) => ({
+    field: 'since.v',
+    message: { type: 'subscribe', collection: 'strict', document: 'd', since: { v } },
+  })),
+  fc
+    .oneof(asString, notIndex, fc.integer({ min: 1001, max: 1e9 }), fc.constant(0))
+    .map((limit) => ({
+      field: 'data.limit',
+      message: { type: 'query', collection: 'strict', data: { limit } },
+    })),
+  notIndex.map((index) => ({
+    field: 'op.0.p.1',
+    message: {
+      type: 'submit',
+      collection: 'strict',
+      document: 'd',
+      op: [{ p: ['list', index], li: 1 }],
+    },
+  })),
+  fc.oneof(asString, notIndex).map((lm) => ({
+    field: 'op.0',
+    message: {
+      type: 'submit',
+      collection: 'strict',
+      document: 'd',
+      op: [{ p: ['list', 0], lm }],
+    },
+  })),
+)
+
+test('integers as strings or out of range: a 400 naming the field, never applied, never a subscription', async () => {
+  const client = await TestClient.connect(server, { user_id: 'strict' })
+  await client.ok({
+    type: 'submit',
+    collection: 'strict',
+    document: 'd',
+    create: { data: { n: 0, list: ['a', 'b'] } },
+  })
+  await fc.assert(
+    fc.asyncProperty(fc.array(strictCase, { minLength: 1, maxLength: 20 }), async (cases) => {
+      for (const { field, message } of cases) {
+        const reply = await client.request(message)
+        expect({ field, message, reply: reply.error }).toMatchObject({
+          reply: { code: 400, details: { field } },
+        })
+      }
+    }),
+    { numRuns: 100 },
+  )
+  await client.settle()
+  expect(client.all((m) => m.type === 'subscribe' || m.type === 'op')).toHaveLength(0)
+  expect((await client.ok({ type: 'query', collection: 'strict', document: 'd' })).data).toEqual({
+    v: 1,
+    data: { n: 0, list: ['a', 'b'] },
+  })
+  await client.close()
 })

@@ -6,8 +6,8 @@ import { Grants } from './permissions.ts'
 /** What a verified token says about its holder. */
 export interface Identity {
   userId: string
-  /** ms since the epoch; undefined when the token has no `exp`. */
-  expiresAt: number | undefined
+  /** ms since the epoch (`exp` is required). */
+  expiresAt: number
   grants: Grants
 }
 
@@ -15,8 +15,8 @@ const unauthenticated = (message: string) => new ProtocolError(ErrorCode.Unauthe
 
 /**
  * Verifies connection tokens (JWT): HS256 with AUTH_SECRET, or RS256/ES256
- * with AUTH_PUBLIC_KEY. `sub` is the user; `channels` and `publish` claims
- * (arrays of patterns) are what it may read and write.
+ * with AUTH_PUBLIC_KEY. `sub` is the user; `exp` is required; `channels` and
+ * `publish` claims (arrays of patterns) are what it may read and write.
  */
 export class TokenVerifier {
   private readonly key: KeyObject
@@ -43,10 +43,11 @@ export class TokenVerifier {
     const sub = payload.sub
     if (typeof sub !== 'string' || sub.length === 0 || sub.length > 256)
       throw unauthenticated('the token has no usable sub (the user id)')
-    const exp = typeof payload.exp === 'number' ? payload.exp * 1000 : undefined
+    // Without `exp` a leaked token would work forever (jose checks exp only when present).
+    if (typeof payload.exp !== 'number') throw unauthenticated('the token has no exp')
     return {
       userId: sub,
-      expiresAt: exp,
+      expiresAt: payload.exp * 1000,
       grants: new Grants(patterns(payload.channels), patterns(payload.publish)),
     }
   }

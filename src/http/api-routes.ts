@@ -10,9 +10,11 @@ import type { Presence } from '../presence/presence.ts'
 import type { SessionStore } from '../presence/sessions.ts'
 import { NAME_PATTERN, parseChannel } from '../protocol/channels.ts'
 import { encode } from '../protocol/envelope.ts'
-import { Op } from '../protocol/messages.ts'
+import { badRequest } from '../protocol/errors.ts'
+import { JsonInteger, Op } from '../protocol/messages.ts'
 import { entryMessage } from '../streams/entry.ts'
 import type { Streams } from '../streams/streams.ts'
+import { queryInteger } from './query-params.ts'
 
 const Name = t.String({ pattern: NAME_PATTERN })
 const ErrorReply = t.Object({
@@ -50,8 +52,8 @@ export function adminGuard(gate: Gate, options: { queryToken?: boolean } = {}) {
     const queryToken = options.queryToken
       ? (new URL(request.url).searchParams.get('token') ?? undefined)
       : undefined
-    const address = gate.clientAddress(request, server?.requestIP(request)?.address)
-    const refusal = gate.admitAdmin(request, address, queryToken)
+    // The peer itself: a forwarded address never counts as loopback.
+    const refusal = gate.admitAdmin(request, server?.requestIP(request)?.address, queryToken)
     if (refusal)
       return status(refusal.status, { error: { code: refusal.status, message: refusal.message } })
   }
@@ -92,14 +94,15 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
   const publishDetail = (summary: string, description: string) => ({
     tags: ['publish'],
     summary,
-    description: `${description} Goes through the same path as a client submit: versioned, stored, then fanned out to subscribers of the document and of its collection. 400 when the op cannot apply to a held snapshot (nothing is stored), 409 when \`v\` is too old to transform.`,
+    description: `${description} Goes through the same path as a client submit: versioned, stored, then fanned out to subscribers of the document and of its collection. 400 when the op cannot apply to a held snapshot (nothing is stored), 409 when \`v\` is too old to transform, 413 when the op has more than MAX_OP_COMPONENTS components, would make the document's JSON larger than MAX_DOCUMENT_SIZE (nothing is stored), or the body is over MAX_DOCUMENT_SIZE + 64 KiB.`,
     responses: {
       200: { description: 'Applied and stored' },
       400: { description: 'Invalid op' },
       409: { description: 'Version conflict' },
+      413: { description: 'Too many components, document or body too large' },
     },
   })
-  const errors = { 400: ErrorReply, 404: ErrorReply, 409: ErrorReply }
+  const errors = { 400: ErrorReply, 404: ErrorReply, 409: ErrorReply, 413: ErrorReply }
 
   return new Elysia({ name: 'api-routes', prefix: '/api/ws' })
     .onBeforeHandle(adminGuard(gate))
@@ -164,6 +167,9 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
     .post(
       '/broadcast/user',
       ({ body }) => {
+        // Elysia lets a required t.Unknown() be absent; null is a message.
+        if (body.message === undefined)
+          throw badRequest('message is required', { field: 'message' })
         const frame = encode({ type: 'message', data: { message: body.message } })
         return { delivered: hub.publishToUser(body.user_id, 'message', frame) }
       },
@@ -191,7 +197,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
             document: Name,
             operation: Op,
             v: t.Optional(
-              t.Integer({ minimum: 0, description: 'Omit to apply at the current version' }),
+              JsonInteger({ minimum: 0, description: 'Omit to apply at the current version' }),
             ),
           },
           { examples: [{ collection: 'record_tbl1', document: 'rec1', operation: exampleOp }] },
@@ -289,9 +295,12 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
             examples: ['record_tbl1'],
           }),
           since: t.Optional(
-            t.Integer({ minimum: 0, description: 'Exclusive: entries with offset > since' }),
+            queryInteger('since', {
+              minimum: 0,
+              description: 'Exclusive: entries with offset > since',
+            }),
           ),
-          limit: t.Optional(t.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+          limit: t.Optional(queryInteger('limit', { minimum: 1, maximum: 1000, default: 100 })),
         }),
         detail: {
           tags: ['history'],
@@ -312,7 +321,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
         tags: ['presence'],
         summary: 'Who is in a channel now',
         description:
-          'The picture a subscriber of the channel gets: in `full` mode every user present, with one entry (connection, session, presence state, join time) per connection; in `count` mode the numbers only; `off` when presence is switched off for the collection.',
+          'The picture a subscriber of the channel gets: in `full` mode every user present, with one entry (connection, session, presence state, join time) per connection; in `count` mode the numbers only; `off` when presence is switched off for the collection. `mode` is the mode in effect: a `full` channel with more than `PRESENCE_MAX_MEMBERS` connections says `count`.',
       },
     })
     .get(
@@ -370,13 +379,13 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
       {
         query: t.Object({
           user_id: t.String({ minLength: 1, examples: ['usr1'] }),
-          limit: t.Optional(t.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+          limit: t.Optional(queryInteger('limit', { minimum: 1, maximum: 1000, default: 100 })),
         }),
         detail: {
           tags: ['presence'],
           summary: "A user's sessions, live and ended",
           description:
-            'Newest first. `end_reason` is `client` (sent disconnect), `client_close` (closed the socket), `timeout`, `shutdown`, `message_too_big`, `token_expired`, `rate_limited`, `slow_consumer`, or `server_restart` (open when the server crashed). Ended sessions are kept for SESSION_RETENTION.',
+            'Newest first. `end_reason` is `client` (sent disconnect), `client_close` (closed the socket), `timeout`, `shutdown`, `message_too_big`, `token_expired`, `rate_limited`, `slow_consumer`, or `server_restart` (open when the server crashed). Ended sessions are kept for SESSION_RETENTION, and at most SESSION_MAX_ROWS sessions in all (the ones that ended first go first).',
         },
       },
     )

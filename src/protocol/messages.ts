@@ -1,3 +1,4 @@
+import { type IntegerOptions, Type } from '@sinclair/typebox'
 import { type Static, t } from 'elysia'
 import { NAME_PATTERN } from './channels.ts'
 
@@ -6,15 +7,33 @@ import { NAME_PATTERN } from './channels.ts'
  * discriminated union (on `type`); validation picks the member by `type`
  * first so that errors name the field that was wrong (see validate.ts).
  * Unknown extra fields are ignored, as ShareDB does.
+ *
+ * Every number here is TypeBox's own `Type.Integer`/`Type.Number`, never
+ * Elysia's `t.Integer`: that one is a union with numeric strings, decoded
+ * only on Elysia's request path, so the socket's check-only validation would
+ * let `"5"` through as a string. Non-finite numbers (`1e999` parses to
+ * Infinity) fail TypeBox's number checks.
  */
 
-const MessageId = t.Union([t.String({ maxLength: 256 }), t.Number()], {
+/** A count or position: a JSON integer, exact in a double (REST bodies use it too). */
+export const JsonInteger = (options: IntegerOptions) =>
+  Type.Integer({ maximum: Number.MAX_SAFE_INTEGER, ...options })
+
+const MessageId = t.Union([t.String({ maxLength: 256 }), Type.Number()], {
   description: 'Echoed verbatim in the reply',
 })
-const ClientTimestamp = t.Union([t.Number(), t.String({ maxLength: 64 })])
+const ClientTimestamp = t.Union([Type.Number(), t.String({ maxLength: 64 })])
 const Collection = t.String({ pattern: NAME_PATTERN, description: 'Collection name' })
 const DocumentId = t.String({ pattern: NAME_PATTERN, description: 'Document id' })
-const Version = t.Integer({ minimum: 0 })
+const Version = JsonInteger({ minimum: 0 })
+
+/**
+ * Most steps in an op path. A path must exist in the snapshot (but its last
+ * step), so a snapshot is at most this plus MAX_JSON_DEPTH (≤ 1000) deep:
+ * far under the ~40,000 levels at which JSON.stringify and structuredClone
+ * overflow the stack, which would make the document impossible to store.
+ */
+export const MAX_PATH_STEPS = 1000
 
 const base = {
   id: t.Optional(MessageId),
@@ -22,10 +41,14 @@ const base = {
 }
 
 /** A json0 path step: an object key or an array index. */
-export const PathStep = t.Union([t.String(), t.Integer({ minimum: 0 })])
+export const PathStep = t.Union([t.String(), JsonInteger({ minimum: 0 })])
 /** One json0 component; its op keys are checked by documents/json0.ts. */
-export const OpComponent = t.Object({ p: t.Array(PathStep) }, { additionalProperties: true })
-export const Op = t.Array(OpComponent)
+export const OpComponent = t.Object(
+  { p: t.Array(PathStep, { maxItems: MAX_PATH_STEPS }) },
+  { additionalProperties: true },
+)
+/** Non-empty: an empty op would take a version and an offset for no change (docs/PROTOCOL.md). */
+export const Op = t.Array(OpComponent, { minItems: 1 })
 
 export const ConnectMessage = t.Object({
   type: t.Literal('connect'),
@@ -65,7 +88,7 @@ export const QueryMessage = t.Object({
   data: t.Optional(
     t.Object({
       ids: t.Optional(t.Array(DocumentId, { maxItems: 1000 })),
-      limit: t.Optional(t.Integer({ minimum: 1, maximum: 1000 })),
+      limit: t.Optional(JsonInteger({ minimum: 1, maximum: 1000 })),
     }),
   ),
 })
@@ -81,7 +104,7 @@ export const SubmitMessage = t.Object({
   create: t.Optional(t.Object({ type: t.Optional(t.Literal('json0')), data: t.Unknown() })),
   del: t.Optional(t.Literal(true)),
   src: t.Optional(t.String({ minLength: 1, maxLength: 128 })),
-  seq: t.Optional(t.Integer({ minimum: 0 })),
+  seq: t.Optional(JsonInteger({ minimum: 0 })),
 })
 
 export const PresenceMessage = t.Object({

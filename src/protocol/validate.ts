@@ -1,4 +1,5 @@
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler'
+import { type ValueError, ValueErrorType } from '@sinclair/typebox/errors'
 import { badRequest, type ProtocolError } from './errors.ts'
 import { type ClientMessage, type ClientMessageType, clientMessageSchemas } from './messages.ts'
 
@@ -56,7 +57,8 @@ export function parseClientMessage(raw: string | Uint8Array, maxDepth: number): 
     }
   const checker = checkers[type as ClientMessageType]
   if (!checker.Check(frame)) {
-    const first = checker.Errors(frame).First()
+    const found = checker.Errors(frame).First()
+    const first = found && specific(found)
     const field = first?.path ? first.path.slice(1).replaceAll('/', '.') : 'message'
     return {
       ok: false,
@@ -71,10 +73,63 @@ export function parseClientMessage(raw: string | Uint8Array, maxDepth: number): 
   return { ok: true, message: frame as ClientMessage }
 }
 
+/**
+ * A JSON body of a REST request: refused (400) past `maxDepth` by the same
+ * scan as a socket frame, before JSON.parse, so nothing deeper reaches the
+ * store (whose JSON.stringify would overflow the stack on it).
+ */
+export function parseJsonBody(text: string, maxDepth: number): unknown {
+  if (nestingExceeds(text, maxDepth)) throw badRequest(`JSON nested deeper than ${maxDepth} levels`)
+  try {
+    return JSON.parse(text)
+  } catch {
+    throw badRequest('malformed JSON body')
+  }
+}
+
 interface SchemaFacts {
   type?: unknown
   pattern?: unknown
   const?: unknown
+  required?: unknown
+  anyOf?: SchemaFacts[]
+}
+
+/**
+ * A union's error only says "Expected union value". When the value has the
+ * shape of exactly one member (its JSON type and, for an object, all its
+ * required keys), that member's first error names the field instead: `since:
+ * {epoch, offset: "5"}` is reported at `since.offset`.
+ */
+function specific(error: ValueError): ValueError {
+  if (error.type !== ValueErrorType.Union) return error
+  const members = (error.schema as SchemaFacts).anyOf ?? []
+  const fitting = members.flatMap((member, i) => (hasShapeOf(member, error.value) ? [i] : []))
+  const inner = fitting.length === 1 ? error.errors[fitting[0] as number]?.First() : undefined
+  return inner ? specific(inner) : error
+}
+
+function hasShapeOf(schema: SchemaFacts, value: unknown): boolean {
+  switch (schema.type) {
+    case 'object':
+      return (
+        typeof value === 'object' &&
+        value !== null &&
+        !Array.isArray(value) &&
+        (Array.isArray(schema.required) ? schema.required : []).every((key) =>
+          Object.hasOwn(value, key as string),
+        )
+      )
+    case 'array':
+      return Array.isArray(value)
+    case 'string':
+      return typeof value === 'string'
+    case 'integer':
+    case 'number':
+      return typeof value === 'number'
+    default:
+      return false
+  }
 }
 
 function describe(schema: SchemaFacts): string {
