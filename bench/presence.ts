@@ -1,8 +1,13 @@
 /**
- * bench:presence — 1,000 clients joining one channel at once (a mass
- * reconnect), with `full` and with `count` presence: presence messages sent
- * and the time until every client's picture has settled.
+ * bench:presence — 2,000 clients joining one channel at once (a mass
+ * reconnect): `full` presence without a member cap (every client learns
+ * every other: N² joins), `full` past the default PRESENCE_MAX_MEMBERS (the
+ * channel switches itself to counting), and `count`. Presence messages sent,
+ * the time until every client's picture has settled, and the server's peak
+ * memory (the frames queued for the clients show there).
  */
+import { readFileSync } from 'node:fs'
+import { loadConfig } from '../src/config.ts'
 import { fmt, runMeasured, startOurs, table } from './lib.ts'
 
 interface Result {
@@ -13,26 +18,42 @@ interface Result {
   ms: number
 }
 
-const clients = process.env.BENCH_CLIENTS ?? '1000'
+/** Peak resident memory of a process so far, MiB (Linux /proc). */
+const peakRssMiB = (pid: number) =>
+  Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+)/)?.[1] ?? 0) / 1024
+
+const clients = process.env.BENCH_CLIENTS ?? '2000'
+// PRESENCE_MAX_MEMBERS from the environment reaches the server (to try other caps).
+const cap = loadConfig(process.env).presenceMaxMembers
+const runs = [
+  { label: 'full, no cap', client: 'full', env: { PRESENCE_MAX_MEMBERS: '10000000' } },
+  { label: `full, cap ${cap}`, client: 'capped', env: {} },
+  { label: 'count', client: 'count', env: {} },
+] as const
 const rows: Array<Array<string | number>> = []
-for (const mode of ['full', 'count'] as const) {
-  const server = await startOurs({ HOST: '0.0.0.0', PRESENCE_MODES: 'full_=full,count_=count' })
+for (const run of runs) {
+  const server = await startOurs({
+    HOST: '0.0.0.0',
+    PRESENCE_MODES: 'full_=full,count_=count',
+    ...run.env,
+  })
   try {
     const r = await runMeasured<Result>(server, [
       'bun',
       'bench/load/presence-client.ts',
       `http://127.0.0.1:${server.port}`,
-      mode,
+      run.client,
       clients,
     ])
     rows.push([
-      mode,
+      run.label,
       fmt(r.clients),
       fmt(r.presenceFrames),
       fmt(r.presenceFrames / r.clients, 1),
       fmt(r.presenceBytes / 1024 / 1024, 1),
       fmt(r.ms),
       fmt(r.serverCpu, 2),
+      fmt(peakRssMiB(server.proc.pid)),
     ])
   } finally {
     await server.stop()
@@ -53,6 +74,7 @@ console.log(
       'MiB',
       'ms until settled',
       'server CPU s',
+      'server peak RSS MiB',
     ],
     rows,
   ),

@@ -3,18 +3,21 @@
  * then all subscribe to one channel at once (a mass reconnect), and the
  * client measures the time until presence has settled everywhere and the
  * presence frames that took.
- *   full:  settled when every client knows the N-1 others (N(N-1) joins)
- *   count: settled when every client saw a count of N
+ *   full:   settled when every client knows the N-1 others (N(N-1) joins);
+ *           run it against a server whose PRESENCE_MAX_MEMBERS is above N
+ *   count:  settled when every client saw a count of N
+ *   capped: a `full` channel past PRESENCE_MAX_MEMBERS; settled when every
+ *           client saw N connections (in a `mode` or a `count` event)
  */
 import type { Socket } from 'bun'
 import { type Counter, maskedText, openCounted } from './ws-counter.ts'
 
 const [url, mode, clientsArg] = process.argv.slice(2)
-if (!url || (mode !== 'full' && mode !== 'count'))
-  throw new Error('usage: presence-client <url> <full|count> [clients]')
+if (!url || (mode !== 'full' && mode !== 'count' && mode !== 'capped'))
+  throw new Error('usage: presence-client <url> <full|count|capped> [clients]')
 const clients = Number(clientsArg ?? 1000)
 const { port } = new URL(url)
-const channel = `${mode}_bench`
+const channel = mode === 'count' ? 'count_bench' : 'full_bench'
 const counter: Counter = { frames: 0, bytes: 0 }
 
 let presenceFrames = 0
@@ -50,7 +53,7 @@ async function connect(i: number): Promise<Socket<unknown>> {
       } else if (text.startsWith('{"type":"presence"')) {
         presenceFrames++
         presenceBytes += text.length
-        if (mode === 'count' && !sawFull && text.includes(`"connections":${clients},`)) {
+        if (mode !== 'full' && !sawFull && text.includes(`"connections":${clients},`)) {
           sawFull = true
           settledClients++
         }

@@ -10,7 +10,7 @@ interface Member {
   connection: Connection
   state: unknown
   joinedAt: number
-  /** When an update of this member was last sent (rate limit). */
+  /** performance.now() when an update of this member was last sent (rate limit; monotonic). */
   sentAt: number
   /** A coalesced update waiting for its turn. */
   timer: ReturnType<typeof setTimeout> | undefined
@@ -18,9 +18,14 @@ interface Member {
 
 interface Room {
   ref: ChannelRef
+  /** The effective mode: a `full` channel past PRESENCE_MAX_MEMBERS is `count`. */
   mode: PresenceMode
+  /** Switched from `full` to `count` by the member cap (and back at half of it). */
+  capped: boolean
   members: Map<string, Member>
-  /** count mode: when the count was last sent, and a pending send. */
+  /** Connections per user, so the counts are not a pass over every member. */
+  users: Map<string, number>
+  /** count mode: when the count was last sent (performance.now()), and a pending send. */
   countSentAt: number
   countTimer: ReturnType<typeof setTimeout> | undefined
 }
@@ -46,7 +51,9 @@ export interface PresenceView {
  * joins a channel's presence by subscribing to it and leaves by
  * unsubscribing, closing or timing out. Per collection-name prefix the mode
  * is `full` (join/update/leave events with states), `count` (coalesced
- * numbers only, so a mass reconnect is not N² messages) or `off`.
+ * numbers only, so a mass reconnect is not N² messages) or `off`. A `full`
+ * channel with more than PRESENCE_MAX_MEMBERS connections counts instead
+ * (announced with a `mode` event) until it is back at half of that.
  */
 export class Presence implements ConnectionListener {
   private readonly rooms = new Map<string, Room>()
@@ -54,7 +61,10 @@ export class Presence implements ConnectionListener {
 
   constructor(
     private readonly hub: Hub,
-    private readonly config: Pick<Config, 'presenceMaxSize' | 'presenceRate' | 'presenceModes'>,
+    private readonly config: Pick<
+      Config,
+      'presenceMaxSize' | 'presenceRate' | 'presenceModes' | 'presenceMaxMembers'
+    >,
   ) {
     this.minGapMs = 1000 / config.presenceRate
   }
@@ -73,7 +83,15 @@ export class Presence implements ConnectionListener {
     const channel = channelName(ref.collection, ref.document)
     let room = this.rooms.get(channel)
     if (!room) {
-      room = { ref, mode, members: new Map(), countSentAt: 0, countTimer: undefined }
+      room = {
+        ref,
+        mode,
+        capped: false,
+        members: new Map(),
+        users: new Map(),
+        countSentAt: Number.NEGATIVE_INFINITY,
+        countTimer: undefined,
+      }
       this.rooms.set(channel, room)
     }
     if (room.members.has(connection.id)) return
@@ -81,19 +99,28 @@ export class Presence implements ConnectionListener {
       connection,
       state: null,
       joinedAt: Date.now(),
-      sentAt: 0,
+      sentAt: Number.NEGATIVE_INFINITY,
       timer: undefined,
     }
-    if (mode === 'full') {
+    if (room.mode === 'full' && room.members.size < this.config.presenceMaxMembers) {
       for (const other of room.members.values())
         this.hub.send(connection, 'presence', this.frame(room, other, 'join'))
       this.hub.publishPresence(channel, 'presence', this.frame(room, member, 'join'))
-      room.members.set(connection.id, member)
+      this.addMember(room, member)
       this.hub.followPresence(connection, channel, true)
+    } else if (room.mode === 'full') {
+      this.addMember(room, member)
+      this.hub.followPresence(connection, channel, true)
+      this.switchToCount(channel, room)
     } else {
-      room.members.set(connection.id, member)
+      this.addMember(room, member)
       this.hub.followPresence(connection, channel, true)
-      this.hub.send(connection, 'presence', this.countFrame(room))
+      // A capped channel's newcomer is told why it sees numbers, as the others were.
+      this.hub.send(
+        connection,
+        'presence',
+        room.capped ? this.modeFrame(room) : this.countFrame(room),
+      )
       this.scheduleCount(channel, room)
     }
   }
@@ -106,6 +133,9 @@ export class Presence implements ConnectionListener {
     if (!room || !member) return
     clearTimeout(member.timer)
     room.members.delete(connection.id)
+    const userConnections = (room.users.get(connection.userId) ?? 1) - 1
+    if (userConnections === 0) room.users.delete(connection.userId)
+    else room.users.set(connection.userId, userConnections)
     if (!socketClosed) this.hub.followPresence(connection, channel, false)
     if (room.mode === 'full')
       this.hub.publishPresence(channel, 'presence', this.frame(room, member, 'leave'))
@@ -154,7 +184,7 @@ export class Presence implements ConnectionListener {
     member.state = state ?? null
     if (room.mode === 'count') return 'count'
     if (member.timer) return 'full' // the pending update will carry this state
-    const wait = member.sentAt + this.minGapMs - Date.now()
+    const wait = member.sentAt + this.minGapMs - performance.now()
     if (wait <= 0) this.sendUpdate(channel, room, member)
     else member.timer = setTimeout(() => this.sendUpdate(channel, room, member), wait)
     return 'full'
@@ -163,8 +193,8 @@ export class Presence implements ConnectionListener {
   /** What GET /api/ws/presence returns: the same picture a subscriber gets. */
   view(ref: ChannelRef): PresenceView {
     const channel = channelName(ref.collection, ref.document)
-    const mode = this.modeOf(ref.collection)
     const room = this.rooms.get(channel)
+    const mode = room?.mode ?? this.modeOf(ref.collection)
     const members = [...(room?.members.values() ?? [])]
     const byUser = new Map<string, PresenceEntry[]>()
     for (const member of members) {
@@ -188,7 +218,7 @@ export class Presence implements ConnectionListener {
 
   private sendUpdate(channel: string, room: Room, member: Member): void {
     member.timer = undefined
-    member.sentAt = Date.now()
+    member.sentAt = performance.now()
     this.hub.publishPresence(
       channel,
       'presence',
@@ -201,11 +231,70 @@ export class Presence implements ConnectionListener {
     if (room.countTimer) return
     const send = () => {
       room.countTimer = undefined
-      room.countSentAt = Date.now()
+      if (this.restoresFull(channel, room)) return
+      room.countSentAt = performance.now()
       this.hub.publishPresence(channel, 'presence', this.countFrame(room))
     }
-    const wait = room.countSentAt + this.minGapMs - Date.now()
+    const wait = room.countSentAt + this.minGapMs - performance.now()
     room.countTimer = setTimeout(send, Math.max(0, wait))
+  }
+
+  private addMember(room: Room, member: Member): void {
+    room.members.set(member.connection.id, member)
+    const userId = member.connection.userId
+    room.users.set(userId, (room.users.get(userId) ?? 0) + 1)
+  }
+
+  /**
+   * The join that takes a `full` channel past PRESENCE_MAX_MEMBERS: from now
+   * on numbers only, and every member is told so once (the joiner included,
+   * before its subscribe reply). States are kept for a return to `full`.
+   */
+  private switchToCount(channel: string, room: Room): void {
+    room.mode = 'count'
+    room.capped = true
+    for (const member of room.members.values()) {
+      clearTimeout(member.timer)
+      member.timer = undefined
+    }
+    // The announcement carries the counts: the next count frame waits its turn.
+    room.countSentAt = performance.now()
+    this.hub.publishPresence(channel, 'presence', this.modeFrame(room))
+  }
+
+  /**
+   * At a count send: a capped channel down to half the cap or fewer goes back
+   * to `full`, each member getting the announcement then every other member
+   * as a `join` (with its state), the snapshot a new subscriber gets. Half,
+   * not the cap, so a channel at the cap does not flip on every join/leave;
+   * at the timer, so a mass disconnect does not pay for a snapshot per leave.
+   */
+  private restoresFull(channel: string, room: Room): boolean {
+    if (!room.capped || room.members.size > this.config.presenceMaxMembers / 2) return false
+    room.mode = 'full'
+    room.capped = false
+    this.hub.publishPresence(channel, 'presence', this.modeFrame(room))
+    for (const member of room.members.values())
+      this.hub.publishPresence(
+        channel,
+        'presence',
+        this.frame(room, member, 'join'),
+        member.connection,
+      )
+    return true
+  }
+
+  private modeFrame(room: Room): string {
+    return encode({
+      type: 'presence',
+      ...room.ref,
+      data: {
+        event: 'mode',
+        mode: room.mode,
+        connections: room.members.size,
+        users: room.users.size,
+      },
+    })
   }
 
   private frame(room: Room, member: Member, event: 'join' | 'update' | 'leave'): string {
@@ -219,12 +308,10 @@ export class Presence implements ConnectionListener {
   }
 
   private countFrame(room: Room): string {
-    const users = new Set<string>()
-    for (const member of room.members.values()) users.add(member.connection.userId)
     return encode({
       type: 'presence',
       ...room.ref,
-      data: { event: 'count', connections: room.members.size, users: users.size },
+      data: { event: 'count', connections: room.members.size, users: room.users.size },
     })
   }
 }
