@@ -19,6 +19,8 @@ export interface Config {
   maxMessageSize: number
   logLevel: LogLevel
   logFormat: 'json' | 'pretty'
+  /** Seconds over which repeated warnings (same cause and source) are summarised; 0: off. */
+  logRepeatInterval: number
   /** SQLite file; ':memory:' keeps everything in memory (tests). */
   dbPath: string
   /** Entries kept per collection stream. */
@@ -33,16 +35,23 @@ export interface Config {
   presenceRate: number
   /** Presence mode by collection-name prefix, longest prefix first; '' is the default. */
   presenceModes: Array<{ prefix: string; mode: PresenceMode }>
+  /** Connections in a `full` channel past which it switches to `count` (back at half). */
+  presenceMaxMembers: number
   /** Seconds an ended session is kept. */
   sessionRetention: number
+  /** Most session rows kept; the oldest ended ones go first, live ones never. */
+  sessionMaxRows: number
   /** HS256 secret for connection tokens; with authPublicKey unset, auth mode is on when set. */
   authSecret: string | undefined
   /** PEM public key (RS256 or ES256) for connection tokens. */
   authPublicKey: string | undefined
   /** Bearer token for the REST API, /metrics and /admin; without it they answer loopback only. */
   adminToken: string | undefined
-  /** Take the client address from X-Forwarded-For (behind a proxy). */
-  trustProxy: boolean
+  /**
+   * Proxies in front of the server whose X-Forwarded-For entries are
+   * trusted: the client address is the entry this many from the right. 0: off.
+   */
+  trustProxy: number
   maxConnections: number
   maxConnectionsPerUser: number
   maxSubscriptionsPerConnection: number
@@ -54,6 +63,10 @@ export interface Config {
   maxJsonDepth: number
   /** Most components in one op. */
   maxOpComponents: number
+  /** Largest document snapshot, bytes of JSON; an op or create past it is 413. */
+  maxDocumentSize: number
+  /** Largest HTTP request body, bytes: a whole document plus REQUEST_ENVELOPE (413). */
+  maxRequestSize: number
   /** Bytes queued for a client that does not read before it is disconnected. */
   maxSendBuffer: number
 }
@@ -107,6 +120,8 @@ function oneOf<T extends string>(env: Env, name: string, fallback: T, allowed: r
 }
 
 const DAY = 24 * 60 * 60
+/** Bytes an HTTP body may carry beyond MAX_DOCUMENT_SIZE (the JSON around an op). */
+export const REQUEST_ENVELOPE = 64 * 1024
 
 /** `record_=count,view_=off,*=full`: a mode per collection-name prefix (`*` for the rest). */
 function presenceModes(env: Env): Config['presenceModes'] {
@@ -133,6 +148,13 @@ function flag(env: Env, name: string): boolean {
   throw new ConfigError(name, `expected true or false, got "${raw}"`)
 }
 
+/** TRUST_PROXY: false (0), true (1 proxy), or the number of proxies in front. */
+function proxyHops(env: Env): number {
+  if (/^\d+$/.test(read(env, 'TRUST_PROXY') ?? ''))
+    return number(env, 'TRUST_PROXY', 0, { min: 0, max: 16, integer: true })
+  return flag(env, 'TRUST_PROXY') ? 1 : 0
+}
+
 /** A PEM in the variable itself, or the path of a file holding one. */
 function pem(env: Env, name: string): string | undefined {
   const raw = read(env, name)
@@ -157,6 +179,11 @@ export function loadConfig(env: Env): Config {
       'CONNECTION_TIMEOUT',
       `must be longer than HEARTBEAT_INTERVAL (${heartbeatInterval} s), got ${connectionTimeout} s`,
     )
+  const maxDocumentSize = number(env, 'MAX_DOCUMENT_SIZE', 1024 * 1024, {
+    min: 1024,
+    max: 256 * 1024 * 1024,
+    integer: true,
+  })
   return {
     port: number(env, 'SOCKET_PORT', 3000, { min: 0, max: 65535, integer: true }),
     host: read(env, 'HOST') ?? '0.0.0.0',
@@ -169,6 +196,7 @@ export function loadConfig(env: Env): Config {
     }),
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error', 'silent']),
     logFormat: oneOf(env, 'LOG_FORMAT', 'json', ['json', 'pretty']),
+    logRepeatInterval: number(env, 'LOG_REPEAT_INTERVAL', 10, { min: 0, max: 3600 }),
     dbPath: read(env, 'DB_PATH') ?? './data/realtime.db',
     historyMaxPerCollection: number(env, 'HISTORY_MAX_PER_COLLECTION', 10_000, {
       min: 1,
@@ -184,11 +212,23 @@ export function loadConfig(env: Env): Config {
     }),
     presenceRate: number(env, 'PRESENCE_RATE', 10, { min: 0.1, max: 1000 }),
     presenceModes: presenceModes(env),
+    // Full presence is N² frames for N joins: 200 members cost ~40k join frames.
+    presenceMaxMembers: number(env, 'PRESENCE_MAX_MEMBERS', 200, {
+      min: 2,
+      max: 10_000_000,
+      integer: true,
+    }),
     sessionRetention: number(env, 'SESSION_RETENTION', 7 * DAY, { min: 1, max: 3650 * DAY }),
+    // ~300 bytes a row: the default bounds the table near 30 MB whatever the churn.
+    sessionMaxRows: number(env, 'SESSION_MAX_ROWS', 100_000, {
+      min: 10,
+      max: 100_000_000,
+      integer: true,
+    }),
     authSecret: read(env, 'AUTH_SECRET'),
     authPublicKey: pem(env, 'AUTH_PUBLIC_KEY'),
     adminToken: read(env, 'ADMIN_TOKEN'),
-    trustProxy: flag(env, 'TRUST_PROXY'),
+    trustProxy: proxyHops(env),
     maxConnections: number(env, 'MAX_CONNECTIONS', 10_000, {
       min: 1,
       max: 10_000_000,
@@ -212,6 +252,10 @@ export function loadConfig(env: Env): Config {
       max: 1_000_000,
       integer: true,
     }),
+    maxDocumentSize,
+    // The largest write that can succeed replaces a whole document: a body
+    // past that and its envelope can only be refused, so it is not read.
+    maxRequestSize: maxDocumentSize + REQUEST_ENVELOPE,
     maxSendBuffer: number(env, 'MAX_SEND_BUFFER', 1024 * 1024, {
       min: 1024,
       max: 1024 * 1024 * 1024,

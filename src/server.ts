@@ -3,10 +3,11 @@ import { Elysia, status, ValidationError } from 'elysia'
 import pkg from '../package.json' with { type: 'json' }
 import { Gate } from './auth/gate.ts'
 import type { Config } from './config.ts'
-import { BUSY_TIMEOUT_MS, openStore } from './db/database.ts'
+import { openStore } from './db/database.ts'
 import { DocumentStore } from './documents/document-store.ts'
 import { Documents } from './documents/documents.ts'
 import { apiRoutes } from './http/api-routes.ts'
+import { bodyLimit } from './http/body-limit.ts'
 import { openapiRoutes } from './http/openapi.ts'
 import { opsRoutes } from './http/ops-routes.ts'
 import { socketFrames, socketRoute, transportFrameLimit } from './http/socket-route.ts'
@@ -22,6 +23,7 @@ import { Presence } from './presence/presence.ts'
 import { SessionStore } from './presence/sessions.ts'
 import { encode } from './protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from './protocol/errors.ts'
+import { parseJsonBody } from './protocol/validate.ts'
 import { CommitQueue } from './streams/commit-queue.ts'
 import { entryMessage } from './streams/entry.ts'
 import { Retention } from './streams/retention.ts'
@@ -51,7 +53,7 @@ export function createServer(
   config: Config,
   logger: Logger = createLogger(config),
 ): RealtimeServer {
-  const store = openStore(config.dbPath)
+  const store = openStore(config.dbPath, logger)
   const streamStore = new StreamStore(store)
   const documentStore = new DocumentStore(store)
   const hub = new Hub()
@@ -69,8 +71,8 @@ export function createServer(
       .filter((connection): connection is Connection => connection !== undefined)
     return hub.publish(ref, fields.type, encode(fields, entry.createdAt), excluded)
   }
-  const metrics = new Metrics(hub, () => streamStore.heldRows)
-  const queue = new CommitQueue(store.sqlite, streamStore, fanout, logger, [documentStore], {
+  const metrics = new Metrics(hub, () => streamStore.heldRows, store.health)
+  const queue = new CommitQueue(store, streamStore, fanout, logger, [documentStore], {
     committed(seconds, entries) {
       metrics.commitDuration.observe(seconds)
       streamStore.committed(entries)
@@ -78,11 +80,17 @@ export function createServer(
     fannedOut: (seconds) => metrics.publishToFanout.observe(seconds),
   })
   const streams = new Streams(streamStore, queue)
-  const documents = new Documents(queue, streamStore, documentStore, config.maxOpComponents)
+  const documents = new Documents(
+    queue,
+    streamStore,
+    documentStore,
+    config.maxOpComponents,
+    config.maxDocumentSize,
+  )
   const presence = new Presence(hub, config)
   const sessions = new SessionStore(
     store,
-    config.sessionRetention * 1000,
+    { retentionMs: config.sessionRetention * 1000, maxRows: config.sessionMaxRows },
     () => hub.connections(),
     logger,
   )
@@ -141,6 +149,19 @@ export function createServer(
       if (shuttingDown && new URL(request.url).pathname === '/api/ws/socket')
         return status(503, errorBody(503, 'server is shutting down'))
     })
+    .use(bodyLimit(config.maxRequestSize, (text) => parseJsonBody(text, config.maxJsonDepth)))
+    // JSON bodies get the socket's MAX_JSON_DEPTH before they are parsed (as frames do);
+    // other bodies stay text (every route takes JSON: their validation refuses them).
+    .onParse(({ request, contentType }) =>
+      request
+        .text()
+        .then((text) =>
+          contentType === 'application/json' ? parseJsonBody(text, config.maxJsonDepth) : text,
+        ),
+    )
+    // Never reached (the hook above takes every body): the OpenAPI plugin lists a body's
+    // content types from named parsers only, and none at all behind a parse function.
+    .guard({ parse: ['json'] })
     .onError(({ code, error }) => {
       if (error instanceof ProtocolError) return status(error.code, { error: error.toBody() })
       if (error instanceof ValidationError) {
@@ -158,7 +179,10 @@ export function createServer(
           ),
         )
       }
-      if (code === 'PARSE') return status(400, errorBody(400, 'malformed JSON body'))
+      if (code === 'PARSE')
+        return error.cause instanceof ProtocolError
+          ? status(error.cause.code, { error: error.cause.toBody() })
+          : status(400, errorBody(400, 'malformed JSON body'))
       if (code === 'NOT_FOUND') return status(404, errorBody(404, 'no such route'))
       logger.error({ err: error }, 'request failed')
       return status(500, errorBody(ErrorCode.Internal, 'internal error'))
@@ -171,16 +195,8 @@ export function createServer(
         throughput,
         ready() {
           if (shuttingDown) return { ok: false, reason: 'shutting down' }
-          // Take the write lock without waiting for it: a probe must answer now.
-          store.sqlite.exec('PRAGMA busy_timeout = 0')
-          try {
-            store.sqlite.exec('BEGIN IMMEDIATE; ROLLBACK')
-            return { ok: true }
-          } catch (error) {
-            return { ok: false, reason: `store not writable: ${(error as Error).message}` }
-          } finally {
-            store.sqlite.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`)
-          }
+          // The file is ours alone (exclusive lock): the last write's outcome and the file's identity tell.
+          return store.health.check()
         },
       }),
     )
@@ -193,6 +209,9 @@ export function createServer(
     hostname: config.host,
     // Elysia defaults to reusePort: a second server on the port would silently take half the clients.
     reusePort: false,
+    // A backstop only (bodyLimit answers past maxRequestSize with a JSON body):
+    // Bun refuses a Content-Length past this before any of our code runs.
+    maxRequestBodySize: config.maxRequestSize * 4,
     websocket: socketFrames(client, config.maxMessageSize),
   })
   const server = app.server as Server<unknown>
@@ -227,6 +246,7 @@ export function createServer(
       queue.flush() // anything REST requests queued while sockets were closing
       sessions.stop()
       store.close()
+      client.flushLogs()
       logger.info('stopped')
     },
   }

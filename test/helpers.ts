@@ -252,6 +252,8 @@ export interface RawSocket {
   sendText(text: string): void
   /** Stops reading from the socket (the kernel buffers fill, then the server's). */
   pause(): void
+  /** Reads again after pause(). */
+  resume(): void
   destroy(): void
 }
 
@@ -319,6 +321,7 @@ export async function silentSocket(server: { port: number }, query: string): Pro
     ended,
     sendText,
     pause: () => socket.pause(),
+    resume: () => socket.resume(),
     destroy: () => socket.destroy(),
   }
 }

@@ -2,7 +2,8 @@ import { timingSafeEqual } from 'node:crypto'
 import type { Config } from '../config.ts'
 import type { Hub } from '../hub/hub.ts'
 import { ProtocolError } from '../protocol/errors.ts'
-import { AddressLimiter, isLoopback } from './limits.ts'
+import { clientAddress, isLoopback, viaProxy } from './address.ts'
+import { AddressLimiter } from './limits.ts'
 import { type Identity, TokenVerifier } from './tokens.ts'
 
 export interface Refusal {
@@ -47,13 +48,13 @@ export class Gate {
     return this.verifier !== undefined
   }
 
-  /** The client's address: the socket's, or X-Forwarded-For's first with TRUST_PROXY. */
-  clientAddress(request: Request, socketAddress: string | undefined): string {
-    if (this.config.trustProxy) {
-      const forwarded = request.headers.get('x-forwarded-for')?.split(',')[0]?.trim()
-      if (forwarded) return forwarded
-    }
-    return socketAddress ?? 'unknown'
+  /**
+   * The client's address for limits and sessions: the socket peer's, or with
+   * TRUST_PROXY the entry its proxies appended to X-Forwarded-For (see
+   * auth/address.ts), never the leftmost one a client can write.
+   */
+  clientAddress(request: Request, peer: string | undefined): string {
+    return clientAddress(request.headers, peer, this.config.trustProxy)
   }
 
   async admitSocket(
@@ -61,7 +62,8 @@ export class Gate {
     query: { user_id?: string; session_id?: string; token?: string },
     address: string,
   ): Promise<Admission> {
-    if (!this.addresses.allow(address, Date.now()))
+    // Monotonic: a wall clock stepped back must not empty every bucket.
+    if (!this.addresses.allow(address, performance.now()))
       return refuse(429, `too many connection attempts from ${address}; retry in a second`)
     if (this.hub.connectionCount >= this.config.maxConnections)
       return refuse(429, 'the server is at MAX_CONNECTIONS; retry later')
@@ -105,12 +107,15 @@ export class Gate {
 
   /**
    * The server API (/api/ws/*, /metrics, /admin): with ADMIN_TOKEN, a Bearer
-   * token equal to it; without, loopback callers only.
+   * token equal to it; without, loopback callers only. Loopback is decided
+   * by the socket peer alone, never by a header, and a request carrying a
+   * proxy header is not loopback even from a loopback peer: that peer is a
+   * proxy relaying someone else (nginx on the same host).
    */
-  admitAdmin(request: Request, address: string, queryToken?: string): Refusal | undefined {
+  admitAdmin(request: Request, peer: string | undefined, queryToken?: string): Refusal | undefined {
     const expected = this.config.adminToken
     if (expected === undefined)
-      return isLoopback(address)
+      return isLoopback(peer) && !viaProxy(request.headers)
         ? undefined
         : { status: 403, message: 'the server API answers loopback only unless ADMIN_TOKEN is set' }
     const given =

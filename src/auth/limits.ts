@@ -1,6 +1,8 @@
 /**
  * A token bucket: `rate` tokens a second, up to `burst` saved. take() says
- * whether an action may go ahead now.
+ * whether an action may go ahead now. Times are milliseconds of a monotonic
+ * clock (performance.now()): a wall clock stepped back would read as a
+ * negative refill and refuse everything until it caught up.
  */
 export class TokenBucket {
   private tokens: number
@@ -48,9 +50,4 @@ export class AddressLimiter {
     }
     return bucket.take(now)
   }
-}
-
-/** Loopback addresses (127.0.0.0/8, ::1, and IPv4-mapped 127.x). */
-export function isLoopback(address: string): boolean {
-  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.')
 }

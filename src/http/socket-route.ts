@@ -101,8 +101,12 @@ function isBunSocket(raw: Omit<Socket, 'getBufferedAmount'>): raw is Socket {
 export function socketFrames(
   client: ClientHandler,
   maxMessageSize: number,
-): Pick<WebSocketHandler<unknown>, 'message'> {
+): Pick<WebSocketHandler<unknown>, 'message' | 'drain'> {
   return {
+    // A history replay waits for the socket to take what is buffered.
+    drain(ws: ServerWebSocket<unknown>) {
+      client.drain(ws)
+    },
     message(ws: ServerWebSocket<unknown>, frame: string | Buffer) {
       // A UTF-16 length of at most a third of the limit cannot exceed it in UTF-8.
       const size =

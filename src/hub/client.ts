@@ -4,6 +4,7 @@ import { forbidden } from '../auth/permissions.ts'
 import type { Identity } from '../auth/tokens.ts'
 import type { Config } from '../config.ts'
 import type { Documents } from '../documents/documents.ts'
+import { LogLimiter } from '../observability/log-limiter.ts'
 import type { Logger } from '../observability/logger.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { Presence } from '../presence/presence.ts'
@@ -13,9 +14,9 @@ import { encode } from '../protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import type { ClientMessage, MessageOf } from '../protocol/messages.ts'
 import { parseClientMessage } from '../protocol/validate.ts'
-import { entryMessage } from '../streams/entry.ts'
-import type { Replay, Streams } from '../streams/streams.ts'
-import type { Connection, Socket } from './connection.ts'
+import { entryMessage, type StreamEntry } from '../streams/entry.ts'
+import type { Streams } from '../streams/streams.ts'
+import type { CatchUp, Connection, Socket } from './connection.ts'
 import type { ClientInfo, Hub } from './hub.ts'
 
 /** A successful reply: its type (usually the request's) and data. */
@@ -35,6 +36,11 @@ const LOGGED_REFUSALS = new Set<number>([
   ErrorCode.RateLimited,
 ])
 
+/** Entries read from the store per step of a history replay. */
+const REPLAY_PAGE = 64
+
+const channelOf = (ref: ChannelRef) => channelName(ref.collection, ref.document)
+
 /** Types answered even without an `id`; the rest reply only on failure. */
 const ALWAYS_ANSWERED = new Set(['ping', 'connect', 'disconnect'])
 
@@ -44,6 +50,9 @@ const ALWAYS_ANSWERED = new Set(['ping', 'connect', 'disconnect'])
  * message that has an `id`.
  */
 export class ClientHandler {
+  /** Refusals repeat (a retry loop, a flood): one line per cause and source per interval. */
+  private readonly refusals: LogLimiter
+
   constructor(
     private readonly hub: Hub,
     private readonly documents: Documents,
@@ -54,11 +63,22 @@ export class ClientHandler {
     private readonly metrics: Metrics,
     private readonly config: Config,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.refusals = new LogLimiter(logger, config.logRepeatInterval * 1000)
+  }
+
+  /** At shutdown: writes the pending summaries of repeated refusals. */
+  flushLogs(): void {
+    this.refusals.stop()
+  }
 
   /** An upgrade refused before it became a connection (logged for operators). */
   refused(code: number, reason: string, address: string): void {
-    this.logger.warn({ code, reason, remote_address: address }, 'connection refused')
+    this.refusals.warn(
+      `upgrade:${code}:${address}`,
+      { code, reason, remote_address: address },
+      'connection refused',
+    )
   }
 
   open(socket: Socket, info: ClientInfo, identity: Identity | undefined): void {
@@ -69,7 +89,7 @@ export class ClientHandler {
     connection.messageBucket = new TokenBucket(
       this.config.messageRate,
       this.config.messageRate * 2,
-      now,
+      performance.now(),
     )
     const { userId, sessionId } = info
     this.hub.send(
@@ -102,8 +122,14 @@ export class ClientHandler {
     const connection = this.hub.get(socket)
     if (!connection) return
     this.hub.stats.countIn('invalid')
-    this.logger.warn(
-      { connection_id: connection.id, size, max: this.config.maxMessageSize },
+    this.refusals.warn(
+      `too-big:${connection.userId}`,
+      {
+        connection_id: connection.id,
+        user_id: connection.userId,
+        size,
+        max: this.config.maxMessageSize,
+      },
       'frame too big',
     )
     this.hub.disconnect(connection, 'message_too_big')
@@ -112,15 +138,16 @@ export class ClientHandler {
   /** A pong (or any sign of life) keeps the connection from timing out. */
   alive(socket: object): void {
     const connection = this.hub.get(socket)
-    if (connection) connection.lastSeen = Date.now()
+    if (connection) connection.lastActive = performance.now()
   }
 
   /** Handles one frame; every message with an `id` gets exactly one reply. */
   message(socket: Socket, frame: string | Uint8Array): void {
     const connection = this.hub.get(socket)
     if (!connection?.open) return
-    const now = Date.now()
-    connection.lastSeen = now
+    // Monotonic: limits and timeouts must not move with the wall clock.
+    const now = performance.now()
+    connection.lastActive = now
     const parsed = parseClientMessage(frame, this.config.maxJsonDepth)
     if (!parsed.ok) {
       this.hub.stats.countIn(parsed.type ?? 'invalid')
@@ -161,7 +188,8 @@ export class ClientHandler {
       this.echoChannel(message),
     )
     if (connection.refused > Math.max(50, this.config.messageRate)) {
-      this.logger.warn(
+      this.refusals.warn(
+        `flooding:${connection.userId}`,
         { connection_id: connection.id, user_id: connection.userId },
         'closing a flooding connection',
       )
@@ -188,7 +216,8 @@ export class ClientHandler {
         ? error
         : new ProtocolError(ErrorCode.Internal, 'internal error')
     if (LOGGED_REFUSALS.has(failure.code))
-      this.logger.warn(
+      this.refusals.warn(
+        `refused:${failure.code}:${message.type}:${connection.userId}`,
         {
           connection_id: connection.id,
           user_id: connection.userId,
@@ -223,6 +252,11 @@ export class ClientHandler {
       case 'subscribe':
         return this.subscribe(connection, message)
       case 'unsubscribe': // always allowed: it only takes access away
+        this.cancelCatchUp(
+          connection,
+          channelName(message.collection, message.document),
+          'unsubscribed before the history replay finished',
+        )
         if (this.hub.unsubscribe(connection, message)) this.presence.leave(connection, message)
         return {
           type: 'unsubscribe',
@@ -247,58 +281,156 @@ export class ClientHandler {
   }
 
   /**
-   * Replays what the client missed, subscribes, sends the channel's presence,
-   * then replies — all in one synchronous step, so nothing published
-   * meanwhile is lost or doubled.
+   * Subscribes. With `since`, what the client missed is sent first, paced by
+   * the socket (see pump); the channel goes live and the reply is sent in
+   * the same synchronous step as the last of the backlog, so nothing
+   * published meanwhile is lost or doubled.
    */
-  private subscribe(connection: Connection, message: MessageOf<'subscribe'>): Reply {
+  private subscribe(connection: Connection, message: MessageOf<'subscribe'>): Reply | undefined {
     const { collection, document, since } = message
     const channel = channelName(collection, document)
     this.authorize(connection, message, 'read')
-    if (
-      !connection.channels.has(channel) &&
-      connection.channels.size >= this.config.maxSubscriptionsPerConnection
-    )
+    if (connection.catchUps?.has(channel))
+      throw new ProtocolError(
+        ErrorCode.Conflict,
+        `${channel} is still replaying its history; wait for its subscribe reply`,
+        { channel },
+      )
+    const following = connection.channels.size + (connection.catchUps?.size ?? 0)
+    if (!connection.channels.has(channel) && following >= this.config.maxSubscriptionsPerConnection)
       throw new ProtocolError(
         ErrorCode.RateLimited,
         `at MAX_SUBSCRIPTIONS_PER_CONNECTION (${this.config.maxSubscriptionsPerConnection}); unsubscribe first`,
         { channel },
       )
-    const data: Record<string, unknown> = { channel, epoch: this.streams.epoch }
+    if (document === undefined && since !== undefined && !('epoch' in since))
+      throw new ProtocolError(
+        ErrorCode.BadRequest,
+        'a collection resumes with since {epoch, offset}',
+        { field: 'since' },
+      )
+    if (document !== undefined && since !== undefined && !('v' in since))
+      throw new ProtocolError(ErrorCode.BadRequest, 'a document resumes with since {v}', {
+        field: 'since',
+      })
+    const ref: ChannelRef = document === undefined ? { collection } : { collection, document }
     // A channel already followed is receiving live: replaying would double it.
-    const resume = connection.channels.has(channel) ? undefined : since
-    let replay: Replay | undefined
-    if (document === undefined) {
-      if (since !== undefined && !('epoch' in since))
-        throw new ProtocolError(
-          ErrorCode.BadRequest,
-          'a collection resumes with since {epoch, offset}',
-          {
-            field: 'since',
-          },
-        )
-      if (resume && 'epoch' in resume) replay = this.streams.replayCollection(collection, resume)
-    } else {
-      if (since !== undefined && !('v' in since))
-        throw new ProtocolError(ErrorCode.BadRequest, 'a document resumes with since {v}', {
-          field: 'since',
-        })
-      const position = this.documents.position(collection, document)
-      data.v = position.v
-      if (resume && 'v' in resume)
-        replay = this.streams.replayDocument(collection, document, resume.v, position)
+    if (since === undefined || connection.channels.has(channel))
+      return this.goLive(connection, ref, undefined)
+    const point =
+      'epoch' in since
+        ? this.streams.resumeCollection(collection, since)
+        : this.streams.resumeDocument(
+            collection,
+            since.v,
+            this.documents.position(collection, document as string),
+          )
+    if (!point.recovered) return this.goLive(connection, ref, false)
+    const catchUp: CatchUp = {
+      ref,
+      request: message,
+      cursor: point.after,
+      progressAt: performance.now(),
     }
-    if (replay) this.hub.stats.countReplay(replay.recovered)
-    if (replay?.recovered)
-      for (const entry of replay.entries) {
-        const fields = entryMessage(entry, this.streams.epoch)
-        this.hub.send(connection, fields.type, encode(fields, entry.createdAt))
+    if ('v' in since) catchUp.nextV = since.v
+    connection.catchUps ??= new Map()
+    connection.catchUps.set(channel, catchUp)
+    this.pump(connection, catchUp)
+    return undefined
+  }
+
+  /** The socket took what was buffered: resume the backlogs it is waiting for. */
+  drain(socket: object): void {
+    const connection = this.hub.get(socket)
+    if (!connection?.catchUps) return
+    for (const catchUp of [...connection.catchUps.values()]) this.pump(connection, catchUp)
+  }
+
+  /**
+   * Sends the backlog from the store while the socket keeps up (its send
+   * buffer under half of MAX_SEND_BUFFER), a page at a time; what is
+   * published meanwhile is read from the store too, behind it. Resumed on
+   * `drain`. At the head, the channel goes live. If retention removes
+   * entries not yet sent (a client slower than the writers ends there), the
+   * client is told `recovered:false` and must re-query.
+   */
+  private pump(connection: Connection, catchUp: CatchUp): void {
+    const { socket } = connection
+    const highWater = this.config.maxSendBuffer / 2
+    try {
+      while (connection.open && connection.catchUps?.get(channelOf(catchUp.ref)) === catchUp) {
+        if (socket.getBufferedAmount() >= highWater) return
+        const entries = this.streams.readAfter(catchUp.ref, catchUp.cursor, REPLAY_PAGE)
+        if (this.prunedBehind(catchUp, entries)) {
+          this.finishCatchUp(connection, catchUp, false)
+          return
+        }
+        if (entries.length === 0) {
+          this.finishCatchUp(connection, catchUp, true)
+          return
+        }
+        for (const entry of entries) {
+          const fields = entryMessage(entry, this.streams.epoch)
+          this.hub.send(connection, fields.type, encode(fields, entry.createdAt))
+          catchUp.cursor = entry.offset
+          if (entry.kind !== 'message') catchUp.nextV = (entry.v ?? 0) + 1
+          if (socket.getBufferedAmount() >= highWater) break
+        }
+        catchUp.progressAt = performance.now()
       }
-    if (this.hub.subscribe(connection, { collection, document }))
-      this.presence.join(connection, { collection, document })
-    data.offset = this.streams.head(collection)
-    if (replay) data.recovered = replay.recovered
+    } catch (error) {
+      connection.catchUps?.delete(channelOf(catchUp.ref))
+      this.fail(connection, catchUp.request, error)
+    }
+  }
+
+  /**
+   * Whether retention removed part of the backlog not yet sent. A collection's
+   * oldest held entry tells; a document's ops must go on at the version
+   * expected next (its channel messages follow the collection's retention).
+   */
+  private prunedBehind(catchUp: CatchUp, next: readonly StreamEntry[]): boolean {
+    const { collection, document } = catchUp.ref
+    if (document === undefined || catchUp.nextV === undefined)
+      return !this.streams.heldAfter(collection, catchUp.cursor)
+    const op = next.find((entry) => entry.kind !== 'message')
+    if (op) return op.v !== catchUp.nextV
+    return next.length === 0 && this.documents.position(collection, document).v !== catchUp.nextV
+  }
+
+  private finishCatchUp(connection: Connection, catchUp: CatchUp, recovered: boolean): void {
+    const catchUps = connection.catchUps
+    catchUps?.delete(channelOf(catchUp.ref))
+    if (catchUps?.size === 0) connection.catchUps = undefined
+    this.reply(connection, catchUp.request, this.goLive(connection, catchUp.ref, recovered))
+  }
+
+  /** Joins the channel (and its presence) now; `recovered` answers a `since`. */
+  private goLive(connection: Connection, ref: ChannelRef, recovered: boolean | undefined): Reply {
+    const data: Record<string, unknown> = {
+      channel: channelName(ref.collection, ref.document),
+      epoch: this.streams.epoch,
+    }
+    if (ref.document !== undefined) data.v = this.documents.position(ref.collection, ref.document).v
+    if (recovered !== undefined) this.hub.stats.countReplay(recovered)
+    if (this.hub.subscribe(connection, ref)) this.presence.join(connection, ref)
+    data.offset = this.streams.head(ref.collection)
+    if (recovered !== undefined) data.recovered = recovered
     return { type: 'subscribe', data }
+  }
+
+  /** Stops a backlog replay the client no longer wants; its subscribe is answered 409. */
+  private cancelCatchUp(connection: Connection, channel: string, why: string): void {
+    const catchUp = connection.catchUps?.get(channel)
+    if (!catchUp) return
+    connection.catchUps?.delete(channel)
+    if (connection.catchUps?.size === 0) connection.catchUps = undefined
+    this.sendError(
+      connection,
+      catchUp.request.id,
+      new ProtocolError(ErrorCode.Conflict, why, { channel }),
+      this.echoChannel(catchUp.request),
+    )
   }
 
   private query(message: MessageOf<'query'>): Reply {
@@ -379,6 +511,11 @@ export class ClientHandler {
           if (identity.grants.canRead(ref)) continue
           this.hub.unsubscribe(connection, ref)
           this.presence.leave(connection, ref)
+          revoked.push(channel)
+        }
+        for (const channel of [...(connection.catchUps?.keys() ?? [])]) {
+          if (identity.grants.canRead(parseChannel(channel))) continue
+          this.cancelCatchUp(connection, channel, 'the new token does not grant this channel')
           revoked.push(channel)
         }
         this.reply(connection, message, {

@@ -1,7 +1,9 @@
 import type { ServerWebSocket } from 'bun'
 import type { TokenBucket } from '../auth/limits.ts'
 import type { Grants } from '../auth/permissions.ts'
+import type { ChannelRef } from '../protocol/channels.ts'
 import type { EndReason } from '../protocol/close.ts'
+import type { MessageOf } from '../protocol/messages.ts'
 
 /** The parts of Bun's ServerWebSocket the server uses (Elysia re-declares the type). */
 export type Socket = Pick<
@@ -16,12 +18,34 @@ export type Socket = Pick<
   | 'getBufferedAmount'
 >
 
+/** A subscription still sending its backlog, as the socket drains (hub/client.ts). */
+export interface CatchUp {
+  readonly ref: ChannelRef
+  /** Answered when the channel goes live. */
+  readonly request: MessageOf<'subscribe'>
+  /** Offset of the last entry sent. */
+  cursor: number
+  /** A document's version whose op is to be sent next. */
+  nextV?: number
+  /** performance.now() when the socket last took more of the backlog. */
+  progressAt: number
+}
+
 /** One live WebSocket: who it is and which logical channels it follows. */
 export class Connection {
   /** Logical channels (`coll` or `coll.doc`) this connection is subscribed to. */
   readonly channels = new Set<string>()
-  lastSeen: number
+  /** Subscriptions still replaying history, by channel; undefined when none (the usual case). */
+  catchUps: Map<string, CatchUp> | undefined
+  /**
+   * performance.now() of the last message or pong: what CONNECTION_TIMEOUT
+   * measures. Monotonic, so a wall clock stepped forward closes nobody.
+   */
+  lastActive: number
+  /** performance.now() of the last server ping. */
   lastPing: number
+  /** performance.now() at connect, anchoring the monotonic times to connectedAt. */
+  private readonly openedAt: number
   /** Set once the server decided to close it, so it is closed only once. */
   endReason: EndReason | undefined
   /** The client's name, from `connect` `{data:{client}}`. */
@@ -34,7 +58,7 @@ export class Connection {
   messageBucket: TokenBucket | undefined
   /** Messages refused for rate in the current window, and when it started. */
   refused = 0
-  refusedSince = 0
+  refusedSince = Number.NEGATIVE_INFINITY
 
   constructor(
     readonly socket: Socket,
@@ -45,11 +69,20 @@ export class Connection {
     readonly userAgent: string | null,
     readonly remoteAddress: string | null,
   ) {
-    this.lastSeen = connectedAt
-    this.lastPing = connectedAt
+    this.openedAt = performance.now()
+    this.lastActive = this.openedAt
+    this.lastPing = this.openedAt
   }
 
   get open(): boolean {
     return this.endReason === undefined
+  }
+
+  /**
+   * Wall-clock ms of the last sign of life, for people (REST last_seen, the
+   * sessions table): connectedAt plus the monotonic time since.
+   */
+  get lastSeen(): number {
+    return this.connectedAt + Math.round(this.lastActive - this.openedAt)
   }
 }

@@ -1,3 +1,4 @@
+import type { Connection } from './connection.ts'
 import type { Hub } from './hub.ts'
 
 /**
@@ -19,7 +20,7 @@ export class Heartbeat {
 
   start(): void {
     const sweepMs = Math.max(10, Math.min(100, this.intervalMs / 2, this.timeoutMs / 4))
-    this.timer = setInterval(() => this.sweep(Date.now()), sweepMs)
+    this.timer = setInterval(() => this.sweep(performance.now(), Date.now()), sweepMs)
   }
 
   stop(): void {
@@ -27,14 +28,30 @@ export class Heartbeat {
     this.timer = undefined
   }
 
-  private sweep(now: number): void {
+  /**
+   * A history replay is paced by the socket, so its buffer never grows: a
+   * client that has taken none of its backlog for a HEARTBEAT_INTERVAL is the
+   * slow consumer instead.
+   */
+  private replayStalled(connection: Connection): boolean {
+    if (!connection.catchUps) return false
+    const since = performance.now() - this.intervalMs
+    for (const catchUp of connection.catchUps.values()) if (catchUp.progressAt < since) return true
+    return false
+  }
+
+  /** `now` is monotonic (activity, pings); token expiry (`exp`) is wall-clock by definition. */
+  private sweep(now: number, wallNow: number): void {
     for (const connection of this.hub.connections()) {
       if (!connection.open) continue
-      if (connection.socket.getBufferedAmount() > this.maxSendBuffer) {
+      if (
+        connection.socket.getBufferedAmount() > this.maxSendBuffer ||
+        this.replayStalled(connection)
+      ) {
         this.hub.disconnect(connection, 'slow_consumer')
-      } else if (connection.expiresAt !== undefined && now >= connection.expiresAt) {
+      } else if (connection.expiresAt !== undefined && wallNow >= connection.expiresAt) {
         this.hub.disconnect(connection, 'token_expired')
-      } else if (now - connection.lastSeen >= this.timeoutMs) {
+      } else if (now - connection.lastActive >= this.timeoutMs) {
         this.hub.disconnect(connection, 'timeout')
       } else if (now - connection.lastPing >= this.intervalMs) {
         connection.lastPing = now

@@ -40,6 +40,12 @@ function toEntry(row: EntryRow): StreamEntry {
 
 export type NewEntry = Omit<StreamEntry, 'offset'>
 
+/** A change's place in its document's chain. */
+export interface ChainLink {
+  v: number | null
+  prevOffset: number | null
+}
+
 /**
  * The op log: the only writer of stream entries. Hot statements are prepared
  * once; heads are cached and written once per batch (see CommitQueue).
@@ -57,7 +63,8 @@ export class StreamStore {
   private readonly selectFirst: Statement<{ first: number | null }>
   private readonly selectSince: Statement<EntryRow>
   private readonly selectAt: Statement<EntryRow>
-  private readonly selectDocumentMessages: Statement<EntryRow>
+  private readonly selectLink: Statement<ChainLink>
+  private readonly selectDocumentSince: Statement<EntryRow>
   private readonly deleteOlderThan: Statement
   private readonly deleteUpTo: Statement
 
@@ -82,8 +89,11 @@ export class StreamStore {
     this.selectAt = sqlite.prepare(
       `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND "offset" = ?`,
     )
-    this.selectDocumentMessages = sqlite.prepare(
-      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND "offset" > ? AND document = ? AND kind = 'message' ORDER BY "offset"`,
+    this.selectLink = sqlite.prepare(
+      'SELECT v, prev_offset AS prevOffset FROM stream_entries WHERE collection = ? AND "offset" = ?',
+    )
+    this.selectDocumentSince = sqlite.prepare(
+      `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND "offset" > ? AND "offset" <= ? AND document = ? ORDER BY "offset" LIMIT ?`,
     )
     this.deleteOlderThan = sqlite.prepare(
       'DELETE FROM stream_entries WHERE (collection, "offset") IN (SELECT collection, "offset" FROM stream_entries WHERE created_at < ? LIMIT ?)',
@@ -183,9 +193,20 @@ export class StreamStore {
     return changes.reverse()
   }
 
-  /** Channel messages on one document after an offset (a scan of the collection's newer entries). */
-  documentMessagesAfter(collection: string, document: string, after: number): StreamEntry[] {
-    return this.selectDocumentMessages.all(collection, after, document).map(toEntry)
+  /** One link of a document's chain (no payload): its version and the previous change's offset. */
+  link(collection: string, offset: number): ChainLink | undefined {
+    return this.selectLink.get(collection, offset) ?? undefined
+  }
+
+  /** One document's entries (changes and messages) with after < offset ≤ until, oldest first. */
+  readDocumentRange(
+    collection: string,
+    document: string,
+    after: number,
+    until: number,
+    limit: number,
+  ): StreamEntry[] {
+    return this.selectDocumentSince.all(collection, after, until, document, limit).map(toEntry)
   }
 
   /** Retention: drops up to `batch` entries older than `before` (ms); returns how many. */

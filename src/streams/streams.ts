@@ -4,11 +4,14 @@ import type { CommitQueue } from './commit-queue.ts'
 import type { StreamEntry } from './entry.ts'
 import type { StreamStore } from './stream-store.ts'
 
-/** What a subscriber missed: `entries` when `recovered`, nothing stale otherwise. */
-export interface Replay {
-  recovered: boolean
-  entries: StreamEntry[]
-}
+/**
+ * Where a resuming subscriber's backlog starts: the entries after `after`
+ * (of one document, for a document channel), up to the head. Not recovered
+ * when the history no longer holds all of them.
+ */
+export type ResumePoint = { recovered: false } | { recovered: true; after: number }
+
+const NOT_RECOVERED: ResumePoint = { recovered: false }
 
 export interface PublishResult {
   offset: number
@@ -60,42 +63,65 @@ export class Streams {
       .then((appended) => ({ offset: appended.entry.offset, delivered: appended.delivered }))
   }
 
-  /** Entries of the collection after `offset`, when the history still reaches back to it. */
-  replayCollection(collection: string, since: { epoch: string; offset: number }): Replay {
+  /** Where a collection resume starts, when the history still reaches back to `since`. */
+  resumeCollection(collection: string, since: { epoch: string; offset: number }): ResumePoint {
     const head = this.store.head(collection)
-    if (since.epoch !== this.store.epoch || since.offset > head)
-      return { recovered: false, entries: [] }
-    if (since.offset === head) return { recovered: true, entries: [] }
-    const first = this.store.firstHeld(collection)
-    if (first === undefined || first > since.offset + 1) return { recovered: false, entries: [] }
-    return {
-      recovered: true,
-      entries: this.store.readRange(collection, since.offset, head, head - since.offset),
-    }
+    if (since.epoch !== this.store.epoch || since.offset > head) return NOT_RECOVERED
+    if (!this.heldAfter(collection, since.offset)) return NOT_RECOVERED
+    return { recovered: true, after: since.offset }
   }
 
   /**
-   * A document's ops from version `v` on, plus its channel messages published
-   * after the op that made `v`. Not recovered when an op in between is no
-   * longer held, or `v` is ahead of the document.
+   * Where a document resume from version `v` starts: after the change that
+   * made `v` (what the client last saw), so its ops from `v` on and the
+   * channel messages published since follow. Not recovered when an op in
+   * between is no longer held, or `v` is ahead of the document. Walks the
+   * document's chain without reading payloads.
    */
-  replayDocument(
+  resumeDocument(
     collection: string,
-    document: string,
     v: number,
     position: { v: number; lastOffset: number | null },
-  ): Replay {
-    if (v > position.v) return { recovered: false, entries: [] }
-    // Back to the change applied at v-1 (what the client last saw), if held.
-    const changes = this.store.changesBack(collection, position.lastOffset, Math.max(0, v - 1))
-    const missed = changes.filter((change) => (change.v ?? -1) >= v)
-    if (missed.length !== position.v - v) return { recovered: false, entries: [] }
-    const seen = changes.find((change) => change.v === v - 1)
+  ): ResumePoint {
+    if (v > position.v) return NOT_RECOVERED
+    let missed = 0
+    let firstMissed: number | undefined
+    let seen: number | undefined
+    for (let offset = position.lastOffset; offset !== null; ) {
+      const link = this.store.link(collection, offset)
+      if (!link || link.v === null) break
+      if (link.v < v) {
+        if (link.v === v - 1) seen = offset
+        break
+      }
+      missed++
+      firstMissed = offset
+      offset = link.prevOffset
+    }
+    if (missed !== position.v - v) return NOT_RECOVERED
     const after =
-      seen?.offset ?? (missed[0] ? missed[0].offset - 1 : v === 0 ? 0 : this.store.head(collection))
-    const messages = this.store.documentMessagesAfter(collection, document, after)
-    const entries = [...missed, ...messages].sort((a, b) => a.offset - b.offset)
-    return { recovered: true, entries }
+      seen ??
+      (firstMissed !== undefined ? firstMissed - 1 : v === 0 ? 0 : this.store.head(collection))
+    return { recovered: true, after }
+  }
+
+  /**
+   * Whether every entry after `after` is still held (retention prunes the
+   * oldest first, so the oldest held one tells).
+   */
+  heldAfter(collection: string, after: number): boolean {
+    if (after >= this.store.head(collection)) return true
+    const first = this.store.firstHeld(collection)
+    return first !== undefined && first <= after + 1
+  }
+
+  /** Up to `limit` entries of the channel after `after`, up to the head, oldest first. */
+  readAfter(ref: ChannelRef, after: number, limit: number): StreamEntry[] {
+    const head = this.store.head(ref.collection)
+    if (after >= head) return []
+    return ref.document === undefined
+      ? this.store.readRange(ref.collection, after, head, limit)
+      : this.store.readDocumentRange(ref.collection, ref.document, after, head, limit)
   }
 
   /** History API: stored entries after `since` (exclusive), oldest first. */
