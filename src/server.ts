@@ -103,6 +103,10 @@ export function createServer(
     logger.warn(
       'open mode: neither AUTH_SECRET nor AUTH_PUBLIC_KEY is set, so any client may connect as any user_id and read or write any channel',
     )
+  if (config.trustProxy > 0 && config.adminToken === undefined)
+    logger.warn(
+      'TRUST_PROXY is set without ADMIN_TOKEN: the server API (/api/ws/*, /metrics, /admin) refuses every caller',
+    )
   const client = new ClientHandler(
     hub,
     documents,
@@ -120,6 +124,7 @@ export function createServer(
     config.heartbeatInterval * 1000,
     config.connectionTimeout * 1000,
     config.maxSendBuffer,
+    client.replays,
   )
   const retention = new Retention(
     streamStore,

@@ -287,7 +287,7 @@ describe('server API auth', () => {
   })
 
   test('without ADMIN_TOKEN the REST routes answer loopback callers only', async () => {
-    const own = startServer({ TRUST_PROXY: 'true' })
+    const own = startServer()
     try {
       expect((await getJson(own, '/api/ws/stats')).status).toBe(200)
       const remote = await getJson(own, '/api/ws/stats', {

@@ -6,6 +6,7 @@ import {
   type ServerMessage,
   silentSocket,
   startServer,
+  TestClient,
   type TestServer,
   uniqueName,
 } from './helpers.ts'
@@ -289,6 +290,118 @@ describe('resuming a large backlog', () => {
     expect(replies[1]).toMatchObject({ type: 'unsubscribe', id: 2 })
     const sent = raw.messages().filter((m) => m.type === 'message').length
     expect(sent).toBeLessThan(2000)
+    raw.destroy()
+  }, 60_000)
+})
+
+describe('a replay and the same connection’s other traffic', () => {
+  /** Waits until the server has taken `count` subscribe messages in all (its stats say so). */
+  const subscribesTaken = (count: number) =>
+    eventually(async () => {
+      const { body } = await getJson(server, '/api/ws/stats')
+      expect(body.messages.in_by_type.subscribe).toBeGreaterThanOrEqual(count)
+    }, 10_000)
+  const subscribeCount = async () =>
+    ((await getJson(server, '/api/ws/stats')).body.messages.in_by_type.subscribe ?? 0) as number
+  /** The reply with this id, once everything before it has arrived. */
+  const replyOf = (raw: Awaited<ReturnType<typeof silentSocket>>, id: number) =>
+    eventually(() => {
+      const messages = raw.messages()
+      if (!messages.some((m) => m.id === id)) throw new Error(`no reply ${id} yet`)
+      return messages
+    }, 20_000)
+
+  test('entries published while the client is paused mid-replay follow the backlog from the store, in order, once', async () => {
+    const collection = uniqueName('record')
+    await seed(collection, 2000, 8192)
+    const { body } = await getJson(server, `/api/ws/history?channel=${collection}&limit=1`)
+    const raw = await silentSocket(server, 'user_id=paused-reader')
+    raw.pause()
+    const before = await subscribeCount()
+    raw.sendText(
+      JSON.stringify({
+        type: 'subscribe',
+        id: 1,
+        collection,
+        since: { epoch: body.epoch, offset: 0 },
+      }),
+    )
+    await subscribesTaken(before + 1)
+    await seed(collection, 300, 8192, 4) // the replay is stuck behind the paused socket meanwhile
+    raw.resume()
+    const messages = await replyOf(raw, 1)
+    const reply = messages.find((m) => m.id === 1)
+    expect(reply?.data).toMatchObject({ recovered: true, offset: 2300 })
+    const offsets = messages.filter((m) => m.type === 'message').map((m) => m.data.offset)
+    expect(offsets).toEqual(range(1, 2300))
+    raw.destroy()
+  }, 60_000)
+
+  test("the client's own submit during its replay is acked in the op's place, never echoed", async () => {
+    const collection = uniqueName('record')
+    await seed(collection, 2000, 8192)
+    const { body } = await getJson(server, `/api/ws/history?channel=${collection}&limit=1`)
+    const raw = await silentSocket(server, 'user_id=own-submit')
+    raw.pause()
+    raw.sendText(
+      JSON.stringify({
+        type: 'subscribe',
+        id: 1,
+        collection,
+        since: { epoch: body.epoch, offset: 0 },
+      }),
+    )
+    raw.sendText(
+      JSON.stringify({ type: 'submit', id: 2, collection, document: 'own', create: { data: {} } }),
+    )
+    // Committed (and so settled) while the replay is stuck behind the paused socket.
+    await eventually(async () => {
+      expect((await getJson(server, `/api/ws/documents/${collection}/own`)).status).toBe(200)
+    }, 10_000)
+    raw.resume()
+    const messages = await replyOf(raw, 1)
+    const ackAt = messages.findIndex((m) => m.id === 2)
+    const ack = messages[ackAt]
+    expect(ack).toMatchObject({ type: 'submit', data: { v: 0, offset: 2001 } })
+    // Everything before its offset came before the ack; its own op never came.
+    const entries = messages.filter((m) => m.type === 'message' || m.type === 'op')
+    expect(entries.map((m) => m.data.offset)).toEqual(range(1, 2000))
+    expect(messages.slice(0, ackAt).filter((m) => m.type === 'message')).toHaveLength(2000)
+    expect(ackAt).toBeLessThan(messages.findIndex((m) => m.id === 1))
+    raw.destroy()
+  }, 60_000)
+
+  test('a collection replayed while one of its documents is followed live: each op once', async () => {
+    const collection = uniqueName('record')
+    await seed(collection, 2000, 8192)
+    const { body } = await getJson(server, `/api/ws/history?channel=${collection}&limit=1`)
+    const raw = await silentSocket(server, 'user_id=overlap')
+    raw.sendText(JSON.stringify({ type: 'subscribe', id: 0, collection, document: 'd' }))
+    await replyOf(raw, 0)
+    raw.pause()
+    const before = await subscribeCount()
+    raw.sendText(
+      JSON.stringify({
+        type: 'subscribe',
+        id: 1,
+        collection,
+        since: { epoch: body.epoch, offset: 0 },
+      }),
+    )
+    await subscribesTaken(before + 1)
+    // Published while the replay is stuck: live through the document, and in the store behind it.
+    const writer = await TestClient.connect(server)
+    await writer.ok({ type: 'submit', collection, document: 'd', create: { data: {} } })
+    await writer.ok({ type: 'submit', collection, document: 'd', v: 1, op: [{ p: ['a'], oi: 1 }] })
+    raw.resume()
+    const messages = await replyOf(raw, 1)
+    const ops = messages.filter((m) => m.type === 'op').map((m) => m.data.offset)
+    expect(ops).toEqual([2001, 2002])
+    const all = messages
+      .filter((m) => m.type === 'op' || m.type === 'message')
+      .map((m) => m.data.offset)
+    expect(new Set(all).size).toBe(all.length)
+    await writer.close()
     raw.destroy()
   }, 60_000)
 })

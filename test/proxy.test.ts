@@ -120,8 +120,11 @@ describe('addresses are parsed as addresses', () => {
 describe('the server API behind a proxy', () => {
   test('a forwarded request is never loopback: forged 127.0.0.1, ::1 or 127.evil.example get 403', () =>
     withServer({ TRUST_PROXY: 'true' }, async (server) => {
-      // The test's own socket is loopback: a direct local caller is let in.
-      expect((await getJson(server, '/api/ws/stats')).status).toBe(200)
+      // Behind a trusted proxy no caller is loopback, not even one without proxy headers
+      // (a proxy that adds none would make every remote caller look local).
+      const direct = await getJson(server, '/api/ws/stats')
+      expect(direct.status).toBe(403)
+      expect(direct.body.error.message).toContain('TRUST_PROXY')
       for (const forged of [
         '127.0.0.1',
         '::1',

@@ -114,10 +114,18 @@ export class Gate {
    */
   admitAdmin(request: Request, peer: string | undefined, queryToken?: string): Refusal | undefined {
     const expected = this.config.adminToken
-    if (expected === undefined)
+    if (expected === undefined) {
+      // Behind a proxy every caller's peer is the proxy, headers or not: loopback proves nothing.
+      if (this.config.trustProxy > 0)
+        return {
+          status: 403,
+          message:
+            'with TRUST_PROXY the server API needs ADMIN_TOKEN (no caller counts as loopback)',
+        }
       return isLoopback(peer) && !viaProxy(request.headers)
         ? undefined
         : { status: 403, message: 'the server API answers loopback only unless ADMIN_TOKEN is set' }
+    }
     const given =
       request.headers.get('authorization')?.match(/^Bearer\s+(.+)$/i)?.[1] ?? queryToken ?? ''
     const a = Buffer.from(given)

@@ -139,7 +139,13 @@ export class StoreHealth {
    */
   fileProblem(): string | undefined {
     if (this.lost !== undefined || this.identity === undefined) return this.lost
-    const now = statSync(this.path, { bigint: true, throwIfNoEntry: false })
+    let now: ReturnType<typeof statSync>
+    try {
+      now = statSync(this.path, { bigint: true, throwIfNoEntry: false })
+    } catch (error) {
+      // The directory may be unreadable for now (EACCES): refuse this batch, check again next time.
+      return `cannot check the database file ${this.path} (DB_PATH): ${(error as Error).message}`
+    }
     if (now && now.dev === this.identity.dev && now.ino === this.identity.ino) return undefined
     const what = now ? 'replaced' : 'deleted'
     this.lost = `the database file ${this.path} (DB_PATH) was ${what} while the server ran; writes are refused until the server is restarted`

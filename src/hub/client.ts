@@ -14,10 +14,10 @@ import { encode } from '../protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import type { ClientMessage, MessageOf } from '../protocol/messages.ts'
 import { parseClientMessage } from '../protocol/validate.ts'
-import { entryMessage, type StreamEntry } from '../streams/entry.ts'
 import type { Streams } from '../streams/streams.ts'
-import type { CatchUp, Connection, Socket } from './connection.ts'
+import type { Connection, Socket } from './connection.ts'
 import type { ClientInfo, Hub } from './hub.ts'
+import { Replays } from './replay.ts'
 
 /** A successful reply: its type (usually the request's) and data. */
 interface Reply {
@@ -36,11 +36,6 @@ const LOGGED_REFUSALS = new Set<number>([
   ErrorCode.RateLimited,
 ])
 
-/** Entries read from the store per step of a history replay. */
-const REPLAY_PAGE = 64
-
-const channelOf = (ref: ChannelRef) => channelName(ref.collection, ref.document)
-
 /** Types answered even without an `id`; the rest reply only on failure. */
 const ALWAYS_ANSWERED = new Set(['ping', 'connect', 'disconnect'])
 
@@ -50,8 +45,17 @@ const ALWAYS_ANSWERED = new Set(['ping', 'connect', 'disconnect'])
  * message that has an `id`.
  */
 export class ClientHandler {
+  /** History replays in progress (subscribe with `since`). */
+  readonly replays: Replays
   /** Refusals repeat (a retry loop, a flood): one line per cause and source per interval. */
   private readonly refusals: LogLimiter
+  /**
+   * The per-connection `connected` / `disconnected` lines: their fields are
+   * ids and codes (no token, no header), so this child skips the redaction
+   * pass that costs every line of the main logger a clone (~12% of the
+   * connect path with it).
+   */
+  private readonly connectionLog: Logger
 
   constructor(
     private readonly hub: Hub,
@@ -65,6 +69,12 @@ export class ClientHandler {
     private readonly logger: Logger,
   ) {
     this.refusals = new LogLimiter(logger, config.logRepeatInterval * 1000)
+    this.replays = new Replays(hub, streams, documents, config.maxSendBuffer, {
+      goLive: (connection, ref, recovered) => this.goLive(connection, ref, recovered),
+      reply: (connection, request, reply) => this.reply(connection, request, reply),
+      fail: (connection, request, error) => this.fail(connection, request, error),
+    })
+    this.connectionLog = logger.child({}, { redact: { paths: [], censor: '[redacted]' } })
   }
 
   /** At shutdown: writes the pending summaries of repeated refusals. */
@@ -81,32 +91,29 @@ export class ClientHandler {
     )
   }
 
-  open(socket: Socket, info: ClientInfo, identity: Identity | undefined): void {
+  open(socket: Socket, info: ClientInfo, identity: Identity | undefined): Connection {
     const now = Date.now()
     const connection = this.hub.register(socket, info, now)
     connection.grants = identity?.grants
     connection.expiresAt = identity?.expiresAt
-    connection.messageBucket = new TokenBucket(
-      this.config.messageRate,
-      this.config.messageRate * 2,
-      performance.now(),
-    )
     const { userId, sessionId } = info
     this.hub.send(
       connection,
       'connected',
       encode({ type: 'connected', data: this.connectedPayload(connection) }),
     )
-    this.logger.info(
+    this.connectionLog.info(
       { connection_id: connection.id, user_id: userId, session_id: sessionId },
       'connected',
     )
+    return connection
   }
 
   close(socket: object, code: number): void {
     const connection = this.hub.unregister(socket)
+    if (connection) this.replays.forget(connection)
     if (connection)
-      this.logger.info(
+      this.connectionLog.info(
         {
           connection_id: connection.id,
           user_id: connection.userId,
@@ -156,7 +163,12 @@ export class ClientHandler {
     }
     const message = parsed.message
     this.hub.stats.countIn(message.type)
-    if (connection.messageBucket && !connection.messageBucket.take(now)) {
+    connection.messageBucket ??= new TokenBucket(
+      this.config.messageRate,
+      this.config.messageRate * 2,
+      now,
+    )
+    if (!connection.messageBucket.take(now)) {
       this.rateLimited(connection, message, now)
       return
     }
@@ -252,12 +264,17 @@ export class ClientHandler {
       case 'subscribe':
         return this.subscribe(connection, message)
       case 'unsubscribe': // always allowed: it only takes access away
-        this.cancelCatchUp(
+        this.replays.cancel(
           connection,
           channelName(message.collection, message.document),
-          'unsubscribed before the history replay finished',
+          new ProtocolError(ErrorCode.Conflict, 'unsubscribed before the history replay finished', {
+            channel: channelName(message.collection, message.document),
+          }),
         )
-        if (this.hub.unsubscribe(connection, message)) this.presence.leave(connection, message)
+        if (this.hub.unsubscribe(connection, message)) {
+          this.presence.leave(connection, message)
+          this.replays.followed(connection, message, false)
+        }
         return {
           type: 'unsubscribe',
           data: { channel: channelName(message.collection, message.document) },
@@ -290,13 +307,13 @@ export class ClientHandler {
     const { collection, document, since } = message
     const channel = channelName(collection, document)
     this.authorize(connection, message, 'read')
-    if (connection.catchUps?.has(channel))
+    if (this.replays.has(connection, channel))
       throw new ProtocolError(
         ErrorCode.Conflict,
         `${channel} is still replaying its history; wait for its subscribe reply`,
         { channel },
       )
-    const following = connection.channels.size + (connection.catchUps?.size ?? 0)
+    const following = connection.channels.size + this.replays.count(connection)
     if (!connection.channels.has(channel) && following >= this.config.maxSubscriptionsPerConnection)
       throw new ProtocolError(
         ErrorCode.RateLimited,
@@ -326,83 +343,14 @@ export class ClientHandler {
             this.documents.position(collection, document as string),
           )
     if (!point.recovered) return this.goLive(connection, ref, false)
-    const catchUp: CatchUp = {
-      ref,
-      request: message,
-      cursor: point.after,
-      progressAt: performance.now(),
-    }
-    if ('v' in since) catchUp.nextV = since.v
-    connection.catchUps ??= new Map()
-    connection.catchUps.set(channel, catchUp)
-    this.pump(connection, catchUp)
+    this.replays.start(connection, message, ref, point.after, 'v' in since ? since.v : undefined)
     return undefined
   }
 
-  /** The socket took what was buffered: resume the backlogs it is waiting for. */
+  /** The socket took what was buffered: go on with its history replays. */
   drain(socket: object): void {
     const connection = this.hub.get(socket)
-    if (!connection?.catchUps) return
-    for (const catchUp of [...connection.catchUps.values()]) this.pump(connection, catchUp)
-  }
-
-  /**
-   * Sends the backlog from the store while the socket keeps up (its send
-   * buffer under half of MAX_SEND_BUFFER), a page at a time; what is
-   * published meanwhile is read from the store too, behind it. Resumed on
-   * `drain`. At the head, the channel goes live. If retention removes
-   * entries not yet sent (a client slower than the writers ends there), the
-   * client is told `recovered:false` and must re-query.
-   */
-  private pump(connection: Connection, catchUp: CatchUp): void {
-    const { socket } = connection
-    const highWater = this.config.maxSendBuffer / 2
-    try {
-      while (connection.open && connection.catchUps?.get(channelOf(catchUp.ref)) === catchUp) {
-        if (socket.getBufferedAmount() >= highWater) return
-        const entries = this.streams.readAfter(catchUp.ref, catchUp.cursor, REPLAY_PAGE)
-        if (this.prunedBehind(catchUp, entries)) {
-          this.finishCatchUp(connection, catchUp, false)
-          return
-        }
-        if (entries.length === 0) {
-          this.finishCatchUp(connection, catchUp, true)
-          return
-        }
-        for (const entry of entries) {
-          const fields = entryMessage(entry, this.streams.epoch)
-          this.hub.send(connection, fields.type, encode(fields, entry.createdAt))
-          catchUp.cursor = entry.offset
-          if (entry.kind !== 'message') catchUp.nextV = (entry.v ?? 0) + 1
-          if (socket.getBufferedAmount() >= highWater) break
-        }
-        catchUp.progressAt = performance.now()
-      }
-    } catch (error) {
-      connection.catchUps?.delete(channelOf(catchUp.ref))
-      this.fail(connection, catchUp.request, error)
-    }
-  }
-
-  /**
-   * Whether retention removed part of the backlog not yet sent. A collection's
-   * oldest held entry tells; a document's ops must go on at the version
-   * expected next (its channel messages follow the collection's retention).
-   */
-  private prunedBehind(catchUp: CatchUp, next: readonly StreamEntry[]): boolean {
-    const { collection, document } = catchUp.ref
-    if (document === undefined || catchUp.nextV === undefined)
-      return !this.streams.heldAfter(collection, catchUp.cursor)
-    const op = next.find((entry) => entry.kind !== 'message')
-    if (op) return op.v !== catchUp.nextV
-    return next.length === 0 && this.documents.position(collection, document).v !== catchUp.nextV
-  }
-
-  private finishCatchUp(connection: Connection, catchUp: CatchUp, recovered: boolean): void {
-    const catchUps = connection.catchUps
-    catchUps?.delete(channelOf(catchUp.ref))
-    if (catchUps?.size === 0) connection.catchUps = undefined
-    this.reply(connection, catchUp.request, this.goLive(connection, catchUp.ref, recovered))
+    if (connection) this.replays.drain(connection)
   }
 
   /** Joins the channel (and its presence) now; `recovered` answers a `since`. */
@@ -413,24 +361,13 @@ export class ClientHandler {
     }
     if (ref.document !== undefined) data.v = this.documents.position(ref.collection, ref.document).v
     if (recovered !== undefined) this.hub.stats.countReplay(recovered)
-    if (this.hub.subscribe(connection, ref)) this.presence.join(connection, ref)
+    if (this.hub.subscribe(connection, ref)) {
+      this.presence.join(connection, ref)
+      this.replays.followed(connection, ref, true)
+    }
     data.offset = this.streams.head(ref.collection)
     if (recovered !== undefined) data.recovered = recovered
     return { type: 'subscribe', data }
-  }
-
-  /** Stops a backlog replay the client no longer wants; its subscribe is answered 409. */
-  private cancelCatchUp(connection: Connection, channel: string, why: string): void {
-    const catchUp = connection.catchUps?.get(channel)
-    if (!catchUp) return
-    connection.catchUps?.delete(channel)
-    if (connection.catchUps?.size === 0) connection.catchUps = undefined
-    this.sendError(
-      connection,
-      catchUp.request.id,
-      new ProtocolError(ErrorCode.Conflict, why, { channel }),
-      this.echoChannel(catchUp.request),
-    )
   }
 
   private query(message: MessageOf<'query'>): Reply {
@@ -460,12 +397,17 @@ export class ClientHandler {
       (error, result) => {
         if (!connection.open) return
         this.metrics.submitAck.observe((performance.now() - started) / 1000)
-        if (error || !result) this.fail(connection, message, error)
-        else
+        if (error || !result) {
+          this.fail(connection, message, error)
+          return
+        }
+        const ack = () =>
+          connection.open &&
           this.reply(connection, message, {
             type: 'submit',
             data: { v: result.v, offset: result.offset },
           })
+        if (!this.replays.holdAck(connection, message, result.offset, ack)) ack()
       },
     )
   }
@@ -510,12 +452,14 @@ export class ClientHandler {
           const ref = parseChannel(channel)
           if (identity.grants.canRead(ref)) continue
           this.hub.unsubscribe(connection, ref)
+          this.replays.followed(connection, ref, false)
           this.presence.leave(connection, ref)
           revoked.push(channel)
         }
-        for (const channel of [...(connection.catchUps?.keys() ?? [])]) {
-          if (identity.grants.canRead(parseChannel(channel))) continue
-          this.cancelCatchUp(connection, channel, 'the new token does not grant this channel')
+        for (const channel of this.replays.channels(connection)) {
+          const ref = parseChannel(channel)
+          if (identity.grants.canRead(ref)) continue
+          this.replays.cancel(connection, channel, forbidden(ref, 'read'))
           revoked.push(channel)
         }
         this.reply(connection, message, {

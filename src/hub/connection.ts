@@ -1,9 +1,7 @@
 import type { ServerWebSocket } from 'bun'
 import type { TokenBucket } from '../auth/limits.ts'
 import type { Grants } from '../auth/permissions.ts'
-import type { ChannelRef } from '../protocol/channels.ts'
 import type { EndReason } from '../protocol/close.ts'
-import type { MessageOf } from '../protocol/messages.ts'
 
 /** The parts of Bun's ServerWebSocket the server uses (Elysia re-declares the type). */
 export type Socket = Pick<
@@ -18,25 +16,10 @@ export type Socket = Pick<
   | 'getBufferedAmount'
 >
 
-/** A subscription still sending its backlog, as the socket drains (hub/client.ts). */
-export interface CatchUp {
-  readonly ref: ChannelRef
-  /** Answered when the channel goes live. */
-  readonly request: MessageOf<'subscribe'>
-  /** Offset of the last entry sent. */
-  cursor: number
-  /** A document's version whose op is to be sent next. */
-  nextV?: number
-  /** performance.now() when the socket last took more of the backlog. */
-  progressAt: number
-}
-
 /** One live WebSocket: who it is and which logical channels it follows. */
 export class Connection {
   /** Logical channels (`coll` or `coll.doc`) this connection is subscribed to. */
   readonly channels = new Set<string>()
-  /** Subscriptions still replaying history, by channel; undefined when none (the usual case). */
-  catchUps: Map<string, CatchUp> | undefined
   /**
    * performance.now() of the last message or pong: what CONNECTION_TIMEOUT
    * measures. Monotonic, so a wall clock stepped forward closes nobody.

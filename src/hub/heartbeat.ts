@@ -1,5 +1,5 @@
-import type { Connection } from './connection.ts'
 import type { Hub } from './hub.ts'
+import type { Replays } from './replay.ts'
 
 /**
  * Time-based checks of every connection, in one sweep: pings each
@@ -16,6 +16,12 @@ export class Heartbeat {
     private readonly intervalMs: number,
     private readonly timeoutMs: number,
     private readonly maxSendBuffer: number,
+    /**
+     * A history replay is paced by the socket, so its buffer never grows: a
+     * client that took none of its backlog for a HEARTBEAT_INTERVAL is the
+     * slow consumer instead.
+     */
+    private readonly replays: Pick<Replays, 'stalled'>,
   ) {}
 
   start(): void {
@@ -28,25 +34,13 @@ export class Heartbeat {
     this.timer = undefined
   }
 
-  /**
-   * A history replay is paced by the socket, so its buffer never grows: a
-   * client that has taken none of its backlog for a HEARTBEAT_INTERVAL is the
-   * slow consumer instead.
-   */
-  private replayStalled(connection: Connection): boolean {
-    if (!connection.catchUps) return false
-    const since = performance.now() - this.intervalMs
-    for (const catchUp of connection.catchUps.values()) if (catchUp.progressAt < since) return true
-    return false
-  }
-
   /** `now` is monotonic (activity, pings); token expiry (`exp`) is wall-clock by definition. */
   private sweep(now: number, wallNow: number): void {
     for (const connection of this.hub.connections()) {
       if (!connection.open) continue
       if (
         connection.socket.getBufferedAmount() > this.maxSendBuffer ||
-        this.replayStalled(connection)
+        this.replays.stalled(connection, now - this.intervalMs)
       ) {
         this.hub.disconnect(connection, 'slow_consumer')
       } else if (connection.expiresAt !== undefined && wallNow >= connection.expiresAt) {

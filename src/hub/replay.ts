@@ -1,0 +1,286 @@
+import type { Documents } from '../documents/documents.ts'
+import { type ChannelRef, channelName } from '../protocol/channels.ts'
+import { encode } from '../protocol/envelope.ts'
+import type { ProtocolError } from '../protocol/errors.ts'
+import type { MessageOf } from '../protocol/messages.ts'
+import { entryMessage, type StreamEntry } from '../streams/entry.ts'
+import type { Streams } from '../streams/streams.ts'
+import type { Connection } from './connection.ts'
+import type { Hub } from './hub.ts'
+
+/** Entries read from the store per step of a replay. */
+const PAGE = 64
+
+/** Offsets (from, to] of the replayed channel that another subscription delivered live. */
+interface LiveRange {
+  channel: string
+  from: number
+  to: number
+}
+
+/** One subscription still sending its backlog. */
+interface Replay {
+  readonly ref: ChannelRef
+  readonly channel: string
+  /** Answered when the channel goes live. */
+  readonly request: MessageOf<'subscribe'>
+  /** Offset of the last entry sent (or skipped). */
+  cursor: number
+  /** A document's version whose op is to be sent next. */
+  nextV: number | undefined
+  /** performance.now() when the socket last took more of the backlog. */
+  progressAt: number
+  readonly live: LiveRange[]
+  /** The connection's own ops not reached yet, by offset: their acks are sent in their place. */
+  readonly acks: Map<number, () => void>
+}
+
+/** What a replay needs from the socket handler. */
+export interface ReplayOwner {
+  /** Joins the channel now and returns the subscribe reply. */
+  goLive(
+    connection: Connection,
+    ref: ChannelRef,
+    recovered: boolean,
+  ): { type: string; data: unknown }
+  reply(
+    connection: Connection,
+    request: MessageOf<'subscribe'>,
+    reply: { type: string; data: unknown },
+  ): void
+  fail(connection: Connection, request: MessageOf<'subscribe'>, error: unknown): void
+}
+
+/**
+ * History replays paced by the socket: a `subscribe` with `since` sends the
+ * backlog from the store a page at a time while the socket's send buffer
+ * stays under half of MAX_SEND_BUFFER, and goes on when it drains. The
+ * channel is not followed live meanwhile: what is published is read from the
+ * store behind the backlog. The last page, the subscription and the reply
+ * happen in one synchronous step (commits fan out in their own turn), so
+ * nothing is lost or doubled. Replays are rare: they live here, not on every
+ * Connection.
+ */
+export class Replays {
+  private readonly active = new Map<Connection, Map<string, Replay>>()
+  private readonly highWater: number
+
+  constructor(
+    private readonly hub: Hub,
+    private readonly streams: Streams,
+    private readonly documents: Documents,
+    maxSendBuffer: number,
+    private readonly owner: ReplayOwner,
+  ) {
+    this.highWater = maxSendBuffer / 2
+  }
+
+  /** Replays running on the connection. */
+  count(connection: Connection): number {
+    return this.active.get(connection)?.size ?? 0
+  }
+
+  has(connection: Connection, channel: string): boolean {
+    return this.active.get(connection)?.has(channel) === true
+  }
+
+  channels(connection: Connection): string[] {
+    return [...(this.active.get(connection)?.keys() ?? [])]
+  }
+
+  /** Starts sending the entries after `after` (for a document, from version `nextV` on). */
+  start(
+    connection: Connection,
+    request: MessageOf<'subscribe'>,
+    ref: ChannelRef,
+    after: number,
+    nextV: number | undefined,
+  ): void {
+    const channel = channelName(ref.collection, ref.document)
+    const replay: Replay = {
+      ref,
+      channel,
+      request,
+      cursor: after,
+      nextV,
+      progressAt: performance.now(),
+      live: [],
+      acks: new Map(),
+    }
+    // Entries another live subscription carries from now on are not sent twice.
+    const head = this.streams.head(ref.collection)
+    for (const other of connection.channels)
+      if (overlaps(ref, other)) replay.live.push({ channel: other, from: head, to: Infinity })
+    let replays = this.active.get(connection)
+    if (!replays) {
+      replays = new Map()
+      this.active.set(connection, replays)
+    }
+    replays.set(channel, replay)
+    this.pump(connection, replay)
+  }
+
+  /** The socket took what was buffered: go on with its replays. */
+  drain(connection: Connection): void {
+    const replays = this.active.get(connection)
+    if (replays) for (const replay of [...replays.values()]) this.pump(connection, replay)
+  }
+
+  /**
+   * Stops a replay the client no longer wants (or may no longer read): its
+   * subscribe is answered with `error`; acks held for it go out now.
+   */
+  cancel(connection: Connection, channel: string, error: ProtocolError): void {
+    const replay = this.active.get(connection)?.get(channel)
+    if (!replay) return
+    this.remove(connection, replay)
+    this.owner.fail(connection, replay.request, error)
+  }
+
+  /** The connection closed. */
+  forget(connection: Connection): void {
+    this.active.delete(connection)
+  }
+
+  /** Whether a replay of the connection has taken nothing since `since` (performance.now()). */
+  stalled(connection: Connection, since: number): boolean {
+    if (this.active.size === 0) return false // checked for every connection, every sweep
+    const replays = this.active.get(connection)
+    if (!replays) return false
+    for (const replay of replays.values()) if (replay.progressAt < since) return true
+    return false
+  }
+
+  /**
+   * A subscription of the connection went live (`on`) or was dropped: a
+   * replay it overlaps (a collection and one of its documents) skips the
+   * entries it delivered live.
+   */
+  followed(connection: Connection, ref: ChannelRef, on: boolean): void {
+    const replays = this.active.get(connection)
+    if (!replays) return
+    const channel = channelName(ref.collection, ref.document)
+    const head = this.streams.head(ref.collection)
+    for (const replay of replays.values()) {
+      if (!overlaps(replay.ref, channel)) continue
+      if (on) replay.live.push({ channel, from: head, to: Infinity })
+      else
+        for (const range of replay.live)
+          if (range.channel === channel && range.to === Infinity) range.to = head
+    }
+  }
+
+  /**
+   * A submit of the connection was committed at `offset`. When a replay
+   * covering its document has not reached it yet, the ack waits to be sent
+   * in the op's place (an OT client must see every op before its ack first);
+   * returns false when it can go now.
+   */
+  holdAck(
+    connection: Connection,
+    ref: { collection: string; document: string },
+    offset: number,
+    send: () => void,
+  ): boolean {
+    const replays = this.active.get(connection)
+    if (!replays) return false
+    for (const replay of replays.values()) {
+      if (replay.ref.collection !== ref.collection || replay.cursor >= offset) continue
+      if (replay.ref.document !== undefined && replay.ref.document !== ref.document) continue
+      if (this.skipped(replay, ref.document, offset)) continue
+      replay.acks.set(offset, send)
+      return true
+    }
+    return false
+  }
+
+  private pump(connection: Connection, replay: Replay): void {
+    const { socket } = connection
+    try {
+      while (connection.open && this.active.get(connection)?.get(replay.channel) === replay) {
+        if (socket.getBufferedAmount() >= this.highWater) return
+        const entries = this.streams.readAfter(replay.ref, replay.cursor, PAGE)
+        const pruned = this.prunedBehind(replay, entries)
+        if (pruned || entries.length === 0) {
+          this.finish(connection, replay, !pruned)
+          return
+        }
+        for (const entry of entries) {
+          this.send(connection, replay, entry)
+          if (socket.getBufferedAmount() >= this.highWater) break
+        }
+        replay.progressAt = performance.now()
+      }
+    } catch (error) {
+      this.remove(connection, replay)
+      this.owner.fail(connection, replay.request, error)
+    }
+  }
+
+  private send(connection: Connection, replay: Replay, entry: StreamEntry): void {
+    replay.cursor = entry.offset
+    if (entry.kind !== 'message' && replay.ref.document !== undefined)
+      replay.nextV = (entry.v ?? 0) + 1
+    const ack = replay.acks.get(entry.offset)
+    if (ack) {
+      replay.acks.delete(entry.offset)
+      ack()
+      return
+    }
+    if (this.skipped(replay, entry.document, entry.offset)) return
+    const fields = entryMessage(entry, this.streams.epoch)
+    this.hub.send(connection, fields.type, encode(fields, entry.createdAt))
+  }
+
+  /** Whether another subscription of the connection delivered this entry live. */
+  private skipped(replay: Replay, document: string | undefined, offset: number): boolean {
+    if (replay.live.length === 0) return false
+    const channel =
+      replay.ref.document === undefined
+        ? document === undefined
+          ? undefined
+          : channelName(replay.ref.collection, document)
+        : replay.ref.collection
+    return replay.live.some(
+      (range) => range.channel === channel && offset > range.from && offset <= range.to,
+    )
+  }
+
+  /**
+   * Whether retention removed part of the backlog not yet sent. A
+   * collection's oldest held entry tells. A document's ops must go on at the
+   * version expected next (its channel messages are kept as its collection's
+   * are: a document quiet for longer than the retention still resumes).
+   */
+  private prunedBehind(replay: Replay, next: readonly StreamEntry[]): boolean {
+    const { collection, document } = replay.ref
+    if (document === undefined || replay.nextV === undefined)
+      return !this.streams.heldAfter(collection, replay.cursor)
+    const op = next.find((entry) => entry.kind !== 'message')
+    if (op) return op.v !== replay.nextV
+    return next.length === 0 && this.documents.position(collection, document).v !== replay.nextV
+  }
+
+  private finish(connection: Connection, replay: Replay, recovered: boolean): void {
+    this.remove(connection, replay)
+    this.owner.reply(
+      connection,
+      replay.request,
+      this.owner.goLive(connection, replay.ref, recovered),
+    )
+  }
+
+  /** Forgets the replay; acks it held (when cut short) go out in offset order. */
+  private remove(connection: Connection, replay: Replay): void {
+    const replays = this.active.get(connection)
+    replays?.delete(replay.channel)
+    if (replays?.size === 0) this.active.delete(connection)
+    for (const offset of [...replay.acks.keys()].sort((a, b) => a - b)) replay.acks.get(offset)?.()
+  }
+}
+
+/** A collection and one of its documents overlap: each carries the document's entries. */
+function overlaps(ref: ChannelRef, channel: string): boolean {
+  if (ref.document === undefined) return channel.startsWith(`${ref.collection}.`)
+  return channel === ref.collection
+}
