@@ -45,8 +45,9 @@ describe('PRESENCE_MAX_MEMBERS', () => {
     for (const client of clients) {
       const events = client.all(pushed)
       // Uncapped, every client gets 59 joins; capped, at most the CAP-1 first
-      // ones, one announcement and a few coalesced counts.
-      expect(events.length).toBeLessThanOrEqual(CAP - 1 + 1 + 12)
+      // ones, one announcement and coalesced counts (5 a second: 20 covers a
+      // burst of 4 s on a loaded machine).
+      expect(events.length).toBeLessThanOrEqual(CAP - 1 + 1 + 20)
       const modes = events.filter(isEvent('mode'))
       expect(modes).toHaveLength(1)
       expect(modes[0]?.data).toMatchObject({ event: 'mode', mode: 'count' })
