@@ -3,6 +3,9 @@
  * 10,000 subscribers: our server against a bare Bun.serve pub/sub, each in
  * its own process, driven by the same load client process, same payload.
  */
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { chart } from './chart.ts'
 import { fmt, runMeasured, startChild, startOurs, table } from './lib.ts'
 
 interface Result {
@@ -14,7 +17,7 @@ interface Result {
   frameBytes: number
 }
 
-const sizes = (process.env.BENCH_SUBSCRIBERS ?? '1000,10000').split(',').map(Number)
+const sizes = (process.env.BENCH_SUBSCRIBERS ?? '100,1000,3000,10000').split(',').map(Number)
 const seconds = process.env.BENCH_SECONDS ?? '5'
 const publishers = process.env.BENCH_PUBLISHERS ?? '16'
 const window = process.env.BENCH_WINDOW ?? '32'
@@ -28,6 +31,8 @@ const targets = [
 
 type Measured = Result & { rss: number; serverCpu: number }
 const rows: Array<Array<string | number>> = []
+/** Per size: [bare same bytes, ours] for the chart. */
+const measured: Array<{ subscribers: number; bare: Measured; ours: Measured }> = []
 for (const subscribers of sizes) {
   const results: Measured[] = []
   for (const { target, body } of targets) {
@@ -59,6 +64,7 @@ for (const subscribers of sizes) {
     }
   }
   const baseline = results[1] as Measured
+  measured.push({ subscribers, bare: baseline, ours: results[2] as Measured })
   results.forEach((r, i) => {
     rows.push([
       targets[i]?.name ?? '',
@@ -70,6 +76,57 @@ for (const subscribers of sizes) {
       fmt(r.rss, 1),
     ])
   })
+}
+
+// The chart of docs/BENCHMARKS.md: deliveries/s and RSS against subscribers.
+const oursColor = '#d62728'
+const bareColor = '#1f77b4'
+const svg = chart(
+  [
+    {
+      title: 'deliveries per second',
+      unit: 'deliveries/s',
+      series: [
+        {
+          name: 'bare',
+          color: bareColor,
+          dashed: true,
+          points: measured.map((m) => [m.subscribers, m.bare.rate]),
+        },
+        {
+          name: 'ours',
+          color: oursColor,
+          points: measured.map((m) => [m.subscribers, m.ours.rate]),
+        },
+      ],
+    },
+    {
+      title: 'server RSS right after the run',
+      unit: 'MiB',
+      series: [
+        {
+          name: 'bare',
+          color: bareColor,
+          dashed: true,
+          points: measured.map((m) => [m.subscribers, m.bare.rss]),
+        },
+        {
+          name: 'ours',
+          color: oursColor,
+          points: measured.map((m) => [m.subscribers, m.ours.rss]),
+        },
+      ],
+    },
+  ],
+  [
+    { name: 'bare Bun.serve, same frame bytes', color: bareColor, dashed: true, points: [] },
+    { name: 'teable-realtime', color: oursColor, points: [] },
+  ],
+)
+if (measured.length > 1) {
+  const file = process.env.BENCH_CHART ?? join(import.meta.dir, '..', 'docs', 'bench-fanout.svg')
+  writeFileSync(file, svg)
+  console.log(`chart: ${file}`)
 }
 
 console.log(

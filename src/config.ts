@@ -244,7 +244,8 @@ export function loadConfig(env: Env): Config {
       max: 1_000_000,
       integer: true,
     }),
-    connectRatePerIp: number(env, 'CONNECT_RATE_PER_IP', 20, { min: 0.1, max: 1_000_000 }),
+    // Sized for a reconnect storm behind one address (see docs/SECURITY.md).
+    connectRatePerIp: number(env, 'CONNECT_RATE_PER_IP', 1000, { min: 0.1, max: 1_000_000 }),
     messageRate: number(env, 'MESSAGE_RATE', 100, { min: 0.1, max: 10_000_000 }),
     maxJsonDepth: number(env, 'MAX_JSON_DEPTH', 32, { min: 2, max: 1000, integer: true }),
     maxOpComponents: number(env, 'MAX_OP_COMPONENTS', 1000, {

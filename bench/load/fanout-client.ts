@@ -24,6 +24,15 @@ const payload = {
   value: 'x'.repeat(40),
 }
 const port = Number(new URL(url).port)
+/**
+ * BENCH_ROUTE=record: ours is published to over `POST /api/ws/publish/record`
+ * (json0 ops on 64 records of one table, as the table backend does) and the
+ * subscribers follow the table's record collection; the bare server then
+ * publishes a body of BENCH_FRAME_BYTES bytes (the size of our op frames).
+ */
+const route = process.env.BENCH_ROUTE ?? 'channel'
+const collection = route === 'record' ? 'record_tbl1' : 'bench'
+const RECORDS = 64
 const counter: Counter = { frames: 0, bytes: 0 }
 
 async function subscribe(i: number) {
@@ -36,7 +45,7 @@ async function subscribe(i: number) {
   const socket = await openCounted(host, port, path, counter, (text, sock) => {
     const type = (JSON.parse(text) as { type: string }).type
     if (type === 'connected')
-      sock.write(maskedText(JSON.stringify({ type: 'subscribe', id: 1, collection: 'bench' })))
+      sock.write(maskedText(JSON.stringify({ type: 'subscribe', id: 1, collection })))
     if (type !== 'subscribe' && type !== 'subscribed') return true
     ready()
     return false
@@ -51,9 +60,14 @@ for (let start = 0; start < subscribers; start += 500) {
   for (let i = start; i < Math.min(start + 500, subscribers); i++) batch.push(subscribe(i))
   sockets.push(...(await Promise.all(batch)))
 }
-const setupFrames = counter.frames
+let setupFrames = counter.frames
 
-const publishUrl = target === 'ours' ? `${url}/api/ws/broadcast/channel` : `${url}/publish`
+const publishUrl =
+  target !== 'ours'
+    ? `${url}/publish`
+    : route === 'record'
+      ? `${url}/api/ws/publish/record`
+      : `${url}/api/ws/broadcast/channel`
 // For the bare server, `frame` publishes bytes shaped and sized like the frame
 // ours delivers (envelope included), so both move the same bytes per delivery.
 const oursFrame = {
@@ -62,10 +76,37 @@ const oursFrame = {
   data: { message: payload, offset: 1_000_000, epoch: '0a1b2c3d' },
   timestamp: new Date().toISOString(),
 }
+const frameBytesWanted = Number(process.env.BENCH_FRAME_BYTES ?? 0)
 const body =
   target === 'ours'
     ? JSON.stringify({ channel: 'bench', message: payload })
-    : JSON.stringify(bodyKind === 'frame' ? oursFrame : payload)
+    : frameBytesWanted > 0
+      ? JSON.stringify({ type: 'op', pad: '' }).replace(
+          '""',
+          `"${'x'.repeat(frameBytesWanted - 24)}"`,
+        )
+      : JSON.stringify(bodyKind === 'frame' ? oursFrame : payload)
+/** A record op: a number field incremented (valid whatever came before). */
+const recordBody = (n: number) =>
+  JSON.stringify({
+    table_id: 'tbl1',
+    record_id: `rec${n % RECORDS}`,
+    operation: n < RECORDS ? [{ p: ['n'], oi: 0 }] : [{ p: ['n'], na: 1 }],
+  })
+if (target === 'ours' && route === 'record')
+  for (let n = 0; n < RECORDS; n++) {
+    const response = await fetch(publishUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: recordBody(n),
+    })
+    await response.arrayBuffer()
+  }
+if (target === 'ours' && route === 'record') {
+  // The seeding ops reached every subscriber before the measured publishes start.
+  while (counter.frames < setupFrames + RECORDS * subscribers) await Bun.sleep(5)
+  setupFrames = counter.frames
+}
 let published = 0
 let running = true
 
@@ -78,7 +119,7 @@ async function publishLoop(): Promise<void> {
     const response = await fetch(publishUrl, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body,
+      body: target === 'ours' && route === 'record' ? recordBody(RECORDS + published) : body,
     })
     await response.arrayBuffer()
   }

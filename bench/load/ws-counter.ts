@@ -18,6 +18,7 @@ interface State {
   pending: Buffer
   onText: TextHandler | undefined
   resolveOpen: () => void
+  rejectOpen: (error: Error) => void
 }
 
 const KEY = 'dGhlIHNhbXBsZSBub25jZQ=='
@@ -47,10 +48,19 @@ export async function openCounted(
   onText?: TextHandler,
 ): Promise<Socket<State>> {
   let resolveOpen: () => void = () => {}
-  const opened = new Promise<void>((resolve) => {
+  let rejectOpen: (error: Error) => void = () => {}
+  const opened = new Promise<void>((resolve, reject) => {
     resolveOpen = resolve
+    rejectOpen = reject
   })
-  const state: State = { upgraded: false, head: '', pending: Buffer.alloc(0), onText, resolveOpen }
+  const state: State = {
+    upgraded: false,
+    head: '',
+    pending: Buffer.alloc(0),
+    onText,
+    resolveOpen,
+    rejectOpen,
+  }
   const socket = await Bun.connect<State>({
     hostname: host,
     port,
@@ -63,8 +73,12 @@ export async function openCounted(
           s.head += chunk.toString('latin1')
           const end = s.head.indexOf('\r\n\r\n')
           if (end === -1) return
-          if (!s.head.startsWith('HTTP/1.1 101'))
-            throw new Error(`upgrade refused: ${s.head.split('\r\n')[0]}`)
+          if (!s.head.startsWith('HTTP/1.1 101')) {
+            // A refused upgrade (429...) rejects the open; the caller may retry.
+            s.rejectOpen(new Error(`upgrade refused: ${s.head.split('\r\n')[0]}`))
+            sock.end()
+            return
+          }
           s.upgraded = true
           buf = Buffer.from(s.head.slice(end + 4), 'latin1')
           s.resolveOpen()

@@ -2,6 +2,7 @@ import type { ServerWebSocket } from 'bun'
 import type { TokenBucket } from '../auth/limits.ts'
 import type { Grants } from '../auth/permissions.ts'
 import type { EndReason } from '../protocol/close.ts'
+import { ChannelSet } from './channel-set.ts'
 
 /** The parts of Bun's ServerWebSocket the server uses (Elysia re-declares the type). */
 export type Socket = Pick<
@@ -14,12 +15,15 @@ export type Socket = Pick<
   | 'unsubscribe'
   | 'isSubscribed'
   | 'getBufferedAmount'
->
+> & {
+  /** Bun's per-socket slot: the hub keeps the socket's Connection there (hub.ts). */
+  data: unknown
+}
 
 /** One live WebSocket: who it is and which logical channels it follows. */
 export class Connection {
   /** Logical channels (`coll` or `coll.doc`) this connection is subscribed to. */
-  readonly channels = new Set<string>()
+  readonly channels = new ChannelSet()
   /**
    * performance.now() of the last message or pong: what CONNECTION_TIMEOUT
    * measures. Monotonic, so a wall clock stepped forward closes nobody.
@@ -37,7 +41,10 @@ export class Connection {
   grants: Grants | undefined
   /** When the token expires (ms); undefined when there is none or no expiry. */
   expiresAt: number | undefined
-  /** MESSAGE_RATE, per connection. */
+  /**
+   * MESSAGE_RATE, per connection; made at the first message (a full bucket
+   * then is the same as one made at open), so an idle connection has none.
+   */
   messageBucket: TokenBucket | undefined
   /** Messages refused for rate in the current window, and when it started. */
   refused = 0

@@ -33,10 +33,15 @@ export interface ClientInfo {
  */
 export class Hub {
   readonly stats = new Stats()
-  /** Keyed by the socket object itself (Bun passes the same one to every event). */
-  private readonly bySocket = new Map<object, Connection>()
+  /**
+   * Live connections by id. A socket's own Connection is kept in its `data`
+   * slot (Bun passes the same socket object to every event), so there is no
+   * map by socket: each map of every connection costs ~100-200 bytes per
+   * entry at 10,000 connections.
+   */
   private readonly byId = new Map<string, Connection>()
-  private readonly byUser = new Map<string, Set<Connection>>()
+  /** A user's live connections: the Connection itself while it is the only one (the usual case). */
+  private readonly byUser = new Map<string, Connection | Set<Connection>>()
   /** Logical channel → number of subscribed connections. */
   private readonly channelCounts = new Map<string, number>()
   private subscriptionCount = 0
@@ -67,14 +72,12 @@ export class Hub {
       userAgent,
       remoteAddress,
     )
-    this.bySocket.set(socket, connection)
+    socket.data = connection
     this.byId.set(connection.id, connection)
-    let tabs = this.byUser.get(userId)
-    if (!tabs) {
-      tabs = new Set()
-      this.byUser.set(userId, tabs)
-    }
-    tabs.add(connection)
+    const tabs = this.byUser.get(userId)
+    if (tabs === undefined) this.byUser.set(userId, connection)
+    else if (tabs instanceof Connection) this.byUser.set(userId, new Set([tabs, connection]))
+    else tabs.add(connection)
     this.fanout.subscribe(socket, userTopic(userId))
     for (const listener of this.listeners) listener.onOpen?.(connection)
     return connection
@@ -82,16 +85,20 @@ export class Hub {
 
   /** Forgets a closed socket; Bun has already dropped its topics. */
   unregister(socket: object): Connection | undefined {
-    const connection = this.bySocket.get(socket)
+    const connection = this.get(socket)
     if (!connection) return undefined
     const reason: EndReason = connection.endReason ?? 'client_close'
     connection.endReason = reason
     this.stats.countDisconnect(reason)
-    this.bySocket.delete(socket)
+    connection.socket.data = undefined
     this.byId.delete(connection.id)
     const tabs = this.byUser.get(connection.userId)
-    tabs?.delete(connection)
-    if (tabs?.size === 0) this.byUser.delete(connection.userId)
+    if (tabs === connection) this.byUser.delete(connection.userId)
+    else if (tabs instanceof Set) {
+      tabs.delete(connection)
+      if (tabs.size === 1)
+        this.byUser.set(connection.userId, tabs.values().next().value as Connection)
+    }
     for (const channel of connection.channels) this.decrementChannel(channel)
     this.subscriptionCount -= connection.channels.size
     for (const listener of this.listeners) listener.onClose?.(connection, reason)
@@ -99,7 +106,8 @@ export class Hub {
   }
 
   get(socket: object): Connection | undefined {
-    return this.bySocket.get(socket)
+    const data = (socket as { data?: unknown }).data
+    return data instanceof Connection && data.socket === socket ? data : undefined
   }
 
   getById(id: string): Connection | undefined {
@@ -107,21 +115,23 @@ export class Hub {
   }
 
   connections(): IterableIterator<Connection> {
-    return this.bySocket.values()
+    return this.byId.values()
   }
 
   /** Every online user with their live connections. */
-  users(): IterableIterator<[string, ReadonlySet<Connection>]> {
-    return this.byUser.entries()
+  *users(): IterableIterator<[string, ReadonlySet<Connection>]> {
+    for (const [userId, tabs] of this.byUser)
+      yield [userId, tabs instanceof Connection ? new Set([tabs]) : tabs]
   }
 
   /** Live connections of one user. */
   connectionsOf(userId: string): number {
-    return this.byUser.get(userId)?.size ?? 0
+    const tabs = this.byUser.get(userId)
+    return tabs === undefined ? 0 : tabs instanceof Connection ? 1 : tabs.size
   }
 
   get connectionCount(): number {
-    return this.bySocket.size
+    return this.byId.size
   }
 
   get userCount(): number {

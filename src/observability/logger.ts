@@ -1,5 +1,4 @@
 import pino, { type Logger } from 'pino'
-import pretty from 'pino-pretty'
 import type { Config } from '../config.ts'
 
 export type { Logger }
@@ -18,6 +17,11 @@ export function createLogger(config: Pick<Config, 'logLevel' | 'logFormat'>): Lo
       censor: '[redacted]',
     },
   }
-  if (config.logFormat === 'pretty') return pino(options, pretty({ sync: true, colorize: false }))
+  if (config.logFormat === 'pretty') {
+    // Loaded only when asked for (~2 MiB resident otherwise).
+    const pretty = require('pino-pretty') as typeof import('pino-pretty')
+    const build = (pretty as { default?: typeof pretty }).default ?? pretty
+    return pino(options, build({ sync: true, colorize: false }))
+  }
   return pino(options)
 }
