@@ -7,9 +7,12 @@ import { openStore } from './db/database.ts'
 import { DocumentStore } from './documents/document-store.ts'
 import { Documents } from './documents/documents.ts'
 import { apiRoutes } from './http/api-routes.ts'
+import { asyncApiRoute } from './http/asyncapi-route.ts'
 import { bodyLimit } from './http/body-limit.ts'
+import { demoRoutes } from './http/demo-route.ts'
 import { openapiRoutes } from './http/openapi.ts'
 import { opsRoutes } from './http/ops-routes.ts'
+import { socketCheckRoute } from './http/socket-check.ts'
 import { socketFrames, socketRoute, transportFrameLimit } from './http/socket-route.ts'
 import { BunTopicBroker } from './hub/broker.ts'
 import { ClientHandler } from './hub/client.ts'
@@ -206,8 +209,11 @@ export function createServer(
       }),
     )
     .use(openapiRoutes(pkg.version))
+    .use(asyncApiRoute(pkg.version))
+    .use(demoRoutes())
     .use(apiRoutes({ hub, documents, streams, presence, sessions, gate }))
     .use(socketRoute(client, gate))
+    .use(socketCheckRoute(gate, client, () => shuttingDown))
 
   app.listen({
     port: config.port,

@@ -31,6 +31,27 @@ const PublishReply = t.Object(
   },
   { examples: [{ v: 7, offset: 1042 }] },
 )
+const PresenceReply = t.Object({
+  channel: t.String(),
+  mode: t.Union([t.Literal('full'), t.Literal('count'), t.Literal('off')]),
+  connections: t.Integer(),
+  users: t.Integer(),
+  members: t.Optional(
+    t.Array(
+      t.Object({
+        user_id: t.String(),
+        connections: t.Array(
+          t.Object({
+            connection_id: t.String(),
+            session_id: t.String(),
+            state: t.Unknown(),
+            joined_at: t.String({ format: 'date-time' }),
+          }),
+        ),
+      }),
+    ),
+  ),
+})
 const exampleOp = [{ p: ['fields', 'fld1'], oi: 'new value', od: 'old value' }]
 
 export interface ApiParts {
@@ -317,6 +338,8 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
           examples: ['record_tbl1.rec1'],
         }),
       }),
+      // Declared (not inferred) so that `App` spells the reply out for Treaty clients.
+      response: { 200: PresenceReply, 400: ErrorReply },
       detail: {
         tags: ['presence'],
         summary: 'Who is in a channel now',
