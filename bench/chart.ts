@@ -72,7 +72,9 @@ export function chart(panels: Panel[], legend: Series[]): string {
         `<line x1="${20 + i * 200}" x2="${44 + i * 200}" y1="${H + 12}" y2="${H + 12}" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5,4"' : ''}/><text x="${50 + i * 200}" y="${H + 16}">${s.name}</text>`,
     )
     .join('\n')
+  const title = panels.map((p) => p.title).join('; ')
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">
+<title>${title} against subscribers</title>
 <rect width="100%" height="100%" fill="white"/>
 ${body}
 ${keys}

@@ -133,7 +133,7 @@ describe('health', () => {
 })
 
 describe('logs', () => {
-  test('JSON lines: connect and disconnect with user and reason at info, refusals at warn, no tokens', async () => {
+  test('JSON lines: connect and disconnect with user and reason at debug, refusals at warn, no tokens', async () => {
     const secret = 'log-test-secret-long-enough-for-hs256'
     const { SignJWT } = await import('jose')
     const { createSecretKey } = await import('node:crypto')
@@ -142,7 +142,11 @@ describe('logs', () => {
       .setSubject('logan')
       .setExpirationTime('1h')
       .sign(createSecretKey(Buffer.from(secret)))
-    const server = await spawnServer({ DB_PATH: ':memory:', AUTH_SECRET: secret })
+    const server = await spawnServer({
+      DB_PATH: ':memory:',
+      AUTH_SECRET: secret,
+      LOG_LEVEL: 'debug',
+    })
     const client = await TestClient.connect(server, { token })
     expect((await client.request({ type: 'subscribe', collection: 'forbidden' })).error?.code).toBe(
       403,
@@ -167,9 +171,9 @@ describe('logs', () => {
       .filter(Boolean)
       .map((line) => JSON.parse(line) as Record<string, unknown>)
     const connected = lines.find((l) => l.msg === 'connected')
-    expect(connected).toMatchObject({ level: 30, user_id: 'logan' })
+    expect(connected).toMatchObject({ level: 20, user_id: 'logan' })
     expect(lines.find((l) => l.msg === 'disconnected')).toMatchObject({
-      level: 30,
+      level: 20,
       user_id: 'logan',
       reason: 'client',
     })

@@ -49,6 +49,8 @@ export class Connection {
   /** Messages refused for rate in the current window, and when it started. */
   refused = 0
   refusedSince = Number.NEGATIVE_INFINITY
+  /** `last_seen` as the sessions table has it (presence/sessions.ts): a field, not a map entry. */
+  lastSeenStored: number
 
   constructor(
     readonly socket: Socket,
@@ -62,6 +64,7 @@ export class Connection {
     this.openedAt = performance.now()
     this.lastActive = this.openedAt
     this.lastPing = this.openedAt
+    this.lastSeenStored = connectedAt
   }
 
   get open(): boolean {

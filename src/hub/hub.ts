@@ -39,6 +39,8 @@ export class Hub {
    * map by socket: each map of every connection costs ~100-200 bytes per
    * entry at 10,000 connections.
    */
+  /** Interned user agents and addresses (see shared). */
+  private readonly strings = new Map<string, string>()
   private readonly byId = new Map<string, Connection>()
   /** A user's live connections: the Connection itself while it is the only one (the usual case). */
   private readonly byUser = new Map<string, Connection | Set<Connection>>()
@@ -69,8 +71,8 @@ export class Hub {
       userId,
       sessionId,
       now,
-      userAgent,
-      remoteAddress,
+      this.shared(userAgent),
+      this.shared(remoteAddress),
     )
     socket.data = connection
     this.byId.set(connection.id, connection)
@@ -81,6 +83,19 @@ export class Hub {
     this.fanout.subscribe(socket, userTopic(userId))
     for (const listener of this.listeners) listener.onOpen?.(connection)
     return connection
+  }
+
+  /**
+   * One string object per distinct value: every header read is a new copy,
+   * and thousands of connections share a few user agents and addresses.
+   */
+  private shared(value: string | null): string | null {
+    if (value === null) return null
+    const known = this.strings.get(value)
+    if (known !== undefined) return known
+    if (this.strings.size >= 10_000) this.strings.clear() // bounded: many distinct values gain nothing
+    this.strings.set(value, value)
+    return value
   }
 
   /** Forgets a closed socket; Bun has already dropped its topics. */

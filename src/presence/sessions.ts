@@ -36,7 +36,6 @@ export interface SessionLimits {
  */
 export class SessionStore implements ConnectionListener {
   private queue: Array<() => void> = []
-  private readonly lastWritten = new Map<string, number>()
   private timers: Array<ReturnType<typeof setInterval>> = []
   private readonly insert: Statement
   private readonly end: Statement
@@ -101,14 +100,12 @@ export class SessionStore implements ConnectionListener {
       this.insert.run(id, userId, sessionId, userAgent, remoteAddress, connectedAt, connectedAt)
       this.rows++
     })
-    this.lastWritten.set(id, connectedAt)
   }
 
   onClose(connection: Connection, reason: EndReason): void {
     const { id, lastSeen } = connection
     const endedAt = Date.now()
     this.queue.push(() => this.end.run(endedAt, reason, lastSeen, id))
-    this.lastWritten.delete(id)
   }
 
   /** The client named itself in `connect`. */
@@ -159,11 +156,10 @@ export class SessionStore implements ConnectionListener {
 
   private touchLive(): void {
     for (const connection of this.live()) {
-      const written = this.lastWritten.get(connection.id)
-      if (written === undefined || connection.lastSeen <= written) continue
       const { id, lastSeen } = connection
+      if (!connection.open || lastSeen <= connection.lastSeenStored) continue
       this.queue.push(() => this.touch.run(lastSeen, id))
-      this.lastWritten.set(id, lastSeen)
+      connection.lastSeenStored = lastSeen
     }
     this.flush()
   }
