@@ -1,4 +1,10 @@
-import { createHmac, createPublicKey, createSecretKey, type KeyObject } from 'node:crypto'
+import {
+  createHmac,
+  createPublicKey,
+  createSecretKey,
+  type KeyObject,
+  timingSafeEqual,
+} from 'node:crypto'
 import { errors, jwtVerify } from 'jose'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import { Grants } from './permissions.ts'
@@ -120,7 +126,11 @@ function plainHs256(token: string, key: KeyObject): Record<string, unknown> | un
   for (const name in header) if (!PLAIN_HEADER.has(name)) return undefined
   if (header.typ !== undefined && typeof header.typ !== 'string') return undefined
   if (header.kid !== undefined && typeof header.kid !== 'string') return undefined
-  if (createHmac('sha256', key).update(`${h}.${p}`).digest('base64url') !== s) return undefined
+  // Constant time: an early-exit string compare would leak how much of a forged signature matches.
+  const signature = segment(s)
+  const expected = createHmac('sha256', key).update(`${h}.${p}`).digest()
+  if (!signature || signature.length !== expected.length || !timingSafeEqual(signature, expected))
+    return undefined
   const payloadBytes = segment(p)
   const claims = payloadBytes && jsonObject(payloadBytes)
   if (!claims) return undefined
