@@ -19,6 +19,9 @@ export interface MemoryResult {
   idleMiB: number
   loadedMiB: number
   perConnectionKiB: number
+  /** Connection setup alone: upgrade to `connected` (the bare server: to its first frame). */
+  setupsPerSecond: number
+  /** Upgrade, `connected`, subscribe and its reply (the bare server subscribes at open). */
   connectsPerSecond: number
 }
 
@@ -38,7 +41,12 @@ async function tokens(count: number): Promise<string> {
 }
 
 /** Opens the idle connections; resolves once they are all subscribed, with the client's figures. */
-async function hold(server: Child, target: 'ours' | 'bare', tokenFile?: string) {
+async function hold(
+  server: Child,
+  target: 'ours' | 'bare',
+  tokenFile?: string,
+  connectOnly = false,
+) {
   const proc = Bun.spawn(
     [
       'bun',
@@ -52,7 +60,11 @@ async function hold(server: Child, target: 'ours' | 'bare', tokenFile?: string) 
       stdin: 'pipe',
       stdout: 'pipe',
       stderr: 'inherit',
-      env: { ...process.env, ...(tokenFile ? { BENCH_TOKEN_FILE: tokenFile } : {}) },
+      env: {
+        ...process.env,
+        ...(tokenFile ? { BENCH_TOKEN_FILE: tokenFile } : {}),
+        ...(connectOnly ? { BENCH_CONNECT_ONLY: '1' } : {}),
+      },
     },
   )
   const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader()
@@ -83,14 +95,26 @@ export async function measureMemory(): Promise<MemoryResult[]> {
     { name: 'teable-realtime, HS256 tokens', target: 'ours' as const, auth: true },
   ]
   const results: MemoryResult[] = []
+  const start = (run: (typeof runs)[number]) =>
+    run.target === 'ours'
+      ? startOurs(run.auth ? { AUTH_SECRET: SECRET } : {})
+      : startChild(['bun', 'bench/peers/bare-bun.ts'], { HOST: '0.0.0.0' }).then((child) => ({
+          ...child,
+          cleanup() {},
+        }))
   for (const run of runs) {
-    const server =
-      run.target === 'ours'
-        ? await startOurs(run.auth ? { AUTH_SECRET: SECRET } : {})
-        : {
-            ...(await startChild(['bun', 'bench/peers/bare-bun.ts'], { HOST: '0.0.0.0' })),
-            cleanup() {},
-          }
+    // Setup alone first, on a server of its own (its garbage would skew the memory figures).
+    const fresh = await start(run)
+    let setupsPerSecond: number
+    try {
+      const setups = await hold(fresh, run.target, run.auth ? tokenFile : undefined, true)
+      await setups.release()
+      setupsPerSecond = setups.result.rate
+    } finally {
+      await fresh.stop()
+      fresh.cleanup()
+    }
+    const server = await start(run)
     try {
       await Bun.sleep(500)
       const idleMiB = await server.rssMiB()
@@ -111,6 +135,7 @@ export async function measureMemory(): Promise<MemoryResult[]> {
         idleMiB,
         loadedMiB,
         perConnectionKiB: ((loadedMiB - idleMiB) * 1024) / held.result.connections,
+        setupsPerSecond,
         connectsPerSecond: held.result.rate,
       })
     } finally {
@@ -132,7 +157,9 @@ export function memoryTable(results: MemoryResult[]): string {
       'RSS held MiB',
       'KiB / connection',
       'vs bare',
-      'connects/s',
+      'setups/s',
+      'vs bare',
+      'connect+subscribe/s',
       'vs bare',
     ],
     results.map((r) => [
@@ -142,6 +169,8 @@ export function memoryTable(results: MemoryResult[]): string {
       fmt(r.loadedMiB, 1),
       fmt(r.perConnectionKiB, 2),
       `${fmt(r.perConnectionKiB / bare.perConnectionKiB, 2)}×`,
+      fmt(r.setupsPerSecond),
+      `${fmt(r.setupsPerSecond / bare.setupsPerSecond, 2)}×`,
       fmt(r.connectsPerSecond),
       `${fmt(r.connectsPerSecond / bare.connectsPerSecond, 2)}×`,
     ]),
@@ -151,7 +180,7 @@ export function memoryTable(results: MemoryResult[]): string {
 if (import.meta.main) {
   const results = await measureMemory()
   console.log(
-    `\nbench:memory — ${fmt(connections)} idle connections, each subscribed to one collection; RSS of the server process before and after; connects/s as the load client opened them (500 at a time)\n`,
+    `\nbench:memory — ${fmt(connections)} idle connections, each subscribed to one collection; RSS of the server process before and after. setups/s: connection setup alone (upgrade to our \`connected\` frame; the bare server's first frame), on a fresh server; connect+subscribe/s: as the load client opened the held connections, each waiting for its subscribe reply (the bare server subscribes at open, without a round trip); 500 at a time\n`,
   )
   console.log(memoryTable(results))
 }

@@ -2,6 +2,8 @@
  * Load client for bench:memory, run as its own process: opens N sockets
  * (spread over 127.0.0.x), each subscribed to one collection, prints
  * {"phase":"ready"} and keeps them open, idle, until its stdin closes.
+ * With BENCH_CONNECT_ONLY=1 it measures connection setup alone (until our
+ * `connected` frame, or the bare server's first frame), then closes them.
  */
 import { type Counter, maskedText, openCounted } from './ws-counter.ts'
 
@@ -12,6 +14,7 @@ const count = Number(countArg)
 const collections = Number(collectionsArg ?? 1)
 const port = Number(new URL(url).port)
 const counter: Counter = { frames: 0, bytes: 0 }
+const connectOnly = process.env.BENCH_CONNECT_ONLY === '1'
 /** One token per client (bench:memory signs them before the timed connects). */
 const tokens = process.env.BENCH_TOKEN_FILE
   ? (await Bun.file(process.env.BENCH_TOKEN_FILE).text()).split('\n')
@@ -28,6 +31,10 @@ async function open(i: number) {
   const collection = `bench${i % collections}`
   const socket = await openCounted(host, port, path, counter, (text, sock) => {
     const type = (JSON.parse(text) as { type: string }).type
+    if (connectOnly) {
+      ready()
+      return false
+    }
     if (type === 'connected')
       sock.write(maskedText(JSON.stringify({ type: 'subscribe', id: 1, collection })))
     if (type !== 'subscribe' && type !== 'subscribed') return true
@@ -46,6 +53,13 @@ for (let start = 0; start < count; start += 500) {
   sockets.push(...(await Promise.all(batch)))
 }
 const seconds = (performance.now() - started) / 1000
+if (connectOnly) {
+  console.log(
+    JSON.stringify({ connections: sockets.length, seconds, rate: sockets.length / seconds }),
+  )
+  for (const socket of sockets) socket.end()
+  process.exit(0)
+}
 console.log('{"phase":"ready"}')
 console.log(
   JSON.stringify({ connections: sockets.length, seconds, rate: sockets.length / seconds }),
