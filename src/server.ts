@@ -153,10 +153,6 @@ export function createServer(
       perMessageDeflate: false,
     },
   })
-    .onRequest(({ request }) => {
-      if (shuttingDown && new URL(request.url).pathname === '/api/ws/socket')
-        return status(503, errorBody(503, 'server is shutting down'))
-    })
     .use(bodyLimit(config.maxRequestSize, (text) => parseJsonBody(text, config.maxJsonDepth)))
     // JSON bodies get the socket's MAX_JSON_DEPTH before they are parsed (as frames do);
     // other bodies stay text (every route takes JSON: their validation refuses them).
@@ -213,7 +209,7 @@ export function createServer(
     .use(demoRoutes())
     .use(apiRoutes({ hub, documents, streams, presence, sessions, gate }))
     .use(socketRoute(client, gate))
-    .use(socketCheckRoute(gate, client, () => shuttingDown))
+    .use(socketCheckRoute(gate, client))
 
   app.listen({
     port: config.port,
@@ -242,6 +238,7 @@ export function createServer(
     async stop() {
       if (shuttingDown) return
       shuttingDown = true
+      gate.stop() // refuses upgrades (503) from now on
       heartbeat.stop()
       retention.stop()
       throughput.stop()

@@ -63,6 +63,17 @@ describe('HS256 verification agrees with jose', () => {
     ['a payload that is an array', () => raw({ alg: 'HS256' }, [1, 2])],
     ['a payload that is not JSON', () => raw({ alg: 'HS256' }, 'not json')],
     ['a header that is not JSON', () => raw('not json', claims)],
+    ['exp equal to now', () => raw({ alg: 'HS256' }, { ...claims, exp: now() })],
+    ['exp one second ahead', () => raw({ alg: 'HS256' }, { ...claims, exp: now() + 1 })],
+    [
+      'a non-canonical payload (padding)',
+      () => {
+        const [h, p] = raw({ alg: 'HS256' }, claims).split('.') as [string, string]
+        const padded = `${p}${'='.repeat((4 - (p.length % 4)) % 4)}`
+        return `${h}.${padded}.${hmac(`${h}.${padded}`)}`
+      },
+    ],
+    ['b64 false with crit', () => raw({ alg: 'HS256', b64: false, crit: ['b64'] }, claims)],
     ['two parts', async () => (await valid()).split('.').slice(0, 2).join('.')],
     ['four parts', async () => `${await valid()}.x`],
   ]
@@ -71,6 +82,13 @@ describe('HS256 verification agrees with jose', () => {
       const token = await make()
       expect(await ourVerdict(token)).toBe(await joseVerdict(token))
     })
+
+  test('a token whose exp is 1e400 (Infinity) is refused as having no exp', async () => {
+    const token = `${b64({ alg: 'HS256' })}.${Buffer.from('{"sub":"ann","exp":1e400}').toString('base64url')}`
+    await expect(
+      new TokenVerifier({ secret: SECRET }).verify(`${token}.${hmac(token)}`),
+    ).rejects.toThrow('the token has no exp')
+  })
 
   test('the verdicts above are not all the same (the table can fail)', async () => {
     const verdicts = new Set(

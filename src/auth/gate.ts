@@ -32,6 +32,7 @@ const MAX_ID_LENGTH = 256
 export class Gate {
   readonly verifier: TokenVerifier | undefined
   private readonly addresses: AddressLimiter
+  private stopping = false
 
   constructor(
     private readonly config: Config,
@@ -42,6 +43,11 @@ export class Gate {
         ? new TokenVerifier({ secret: config.authSecret, publicKey: config.authPublicKey })
         : undefined
     this.addresses = new AddressLimiter(config.connectRatePerIp)
+  }
+
+  /** The server is stopping: no new connection is admitted (503). */
+  stop(): void {
+    this.stopping = true
   }
 
   get authMode(): boolean {
@@ -62,6 +68,8 @@ export class Gate {
     query: { user_id?: string; session_id?: string; token?: string },
     address: string,
   ): Promise<Admission> {
+    // Here, not by path, so every way to an upgrade (and the socket check) refuses alike.
+    if (this.stopping) return refuse(503, 'server is shutting down')
     // Monotonic: a wall clock stepped back must not empty every bucket.
     if (!this.addresses.allow(address, performance.now()))
       return refuse(429, `too many connection attempts from ${address}; retry in a second`)

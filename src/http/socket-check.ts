@@ -11,20 +11,14 @@ import type { ClientHandler } from '../hub/client.ts'
  * an attempt for `CONNECT_RATE_PER_IP` (otherwise it would verify tokens
  * without any limit); a failed upgrade and its check cost two. Refusals are
  * logged as the upgrade's are; while the server shuts down it answers 503,
- * as the upgrade does. Readable cross-origin: it says nothing the upgrade
+ * as the upgrade does (the gate refuses both). Readable cross-origin: it says nothing the upgrade
  * would not.
  */
-export function socketCheckRoute(
-  gate: Gate,
-  client: Pick<ClientHandler, 'refused'>,
-  shuttingDown: () => boolean,
-) {
+export function socketCheckRoute(gate: Gate, client: Pick<ClientHandler, 'refused'>) {
   return new Elysia({ name: 'socket-check' }).get(
     '/api/ws/socket/check',
     async ({ query, request, server, set }) => {
       set.headers['access-control-allow-origin'] = '*'
-      if (shuttingDown())
-        return status(503, { error: { code: 503, message: 'server is shutting down' } })
       const address = gate.clientAddress(request, server?.requestIP(request)?.address)
       const result = await gate.admitSocket(request, query, address)
       if (result.ok) return { ok: true, user_id: result.userId }

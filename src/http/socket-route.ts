@@ -104,9 +104,14 @@ export function socketRoute(client: ClientHandler, gate: Gate) {
             )
             // Bun ignores the response of an upgraded request; Elysia needs one to stop here.
             if (server.upgrade(request, { data })) return new Response(null)
-            return status(400, 'Expected a websocket connection')
+            return status(400, {
+              error: { code: 400, message: 'not a WebSocket upgrade (Sec-WebSocket-Key missing?)' },
+            })
           },
-          () => status(500, { error: { code: 500, message: 'internal error' } }),
+          (error: unknown) => {
+            client.failed(error, 'socket admission failed')
+            return status(500, { error: { code: 500, message: 'internal error' } })
+          },
         )
       })
       .ws(PATH, {
@@ -138,13 +143,18 @@ export function socketRoute(client: ClientHandler, gate: Gate) {
 
 /** A socket of ours: the hub keeps its Connection in `data` (Elysia's context is dropped). */
 const ours = (ws: ServerWebSocket<unknown>) => ws.data instanceof Connection
+/**
+ * A socket Elysia's handlers can take: they read its context from `data`, so
+ * not one of ours whose open failed before it registered (it has none).
+ */
+const elysias = (ws: ServerWebSocket<unknown>) => !ours(ws) && ws.data !== undefined
 
 /**
  * The socket's events go straight from Bun to the ClientHandler, in front of
- * Elysia's handlers. At open, the socket's `data` (Elysia's whole request
- * context plus eight closures per socket, ~4 KB) is replaced by a shared
- * marker: everything the connection needs is on its Connection. Sockets
- * of any other `.ws()` route (none today) keep Elysia's path.
+ * Elysia's handlers. At open, the socket's `data` (the small Upgraded record,
+ * or on the fallback route Elysia's whole request context, ~4 KB) is
+ * replaced by the socket's Connection (hub.register). Sockets of any other
+ * `.ws()` route (none today) keep Elysia's path.
  *
  * Frames bypass Elysia's message path for two reasons: Bun cuts a frame over its maxPayloadLength
  * with no close frame at all, while the contract wants close code 1009 (so
@@ -152,27 +162,41 @@ const ours = (ws: ServerWebSocket<unknown>) => ws.data instanceof Connection
  * here before anything parses the frame); and the protocol does its own JSON
  * decoding and validation (protocol/validate.ts), so Elysia's per-message
  * wrapper, JSON guessing and async hop would be work done twice on the
- * hottest path. Elysia keeps the upgrade, open, pong and close.
+ * hottest path.
  */
 export function socketFrames(
   client: ClientHandler,
   maxMessageSize: number,
 ): Pick<WebSocketHandler<unknown>, 'open' | 'message' | 'drain' | 'pong' | 'ping' | 'close'> {
+  /** Registers the admitted socket; one that cannot be registered is closed, not left unknown. */
+  const opened = (
+    ws: ServerWebSocket<unknown>,
+    admission: Admitted,
+    sessionId: string | undefined,
+    userAgent: string | null,
+  ) => {
+    try {
+      client.open(
+        ws,
+        {
+          userId: admission.userId,
+          sessionId: sessionId?.trim() || crypto.randomUUID(),
+          userAgent,
+          remoteAddress: admission.address,
+        },
+        admission.identity,
+      )
+    } catch (error) {
+      client.failed(error, 'socket open failed')
+      ws.close(1011, 'internal error')
+    }
+  }
   return {
     open(ws: ServerWebSocket<unknown>) {
       if (ws.data instanceof Upgraded) {
         const { admission, sessionId, userAgent } = ws.data
         ws.data = undefined
-        client.open(
-          ws,
-          {
-            userId: admission.userId,
-            sessionId: sessionId?.trim() || crypto.randomUUID(),
-            userAgent,
-            remoteAddress: admission.address,
-          },
-          admission.identity,
-        )
+        opened(ws, admission, sessionId, userAgent)
         return
       }
       const data = ws.data as UpgradeData | undefined
@@ -181,35 +205,29 @@ export function socketFrames(
       admitted.delete(data.request)
       // Drops Elysia's context; the hub puts the Connection here.
       ws.data = undefined
-      client.open(
-        ws,
-        {
-          userId: admission.userId,
-          sessionId: data.query?.session_id?.trim() || crypto.randomUUID(),
-          userAgent: data.request.headers.get('user-agent'),
-          remoteAddress: admission.address,
-        },
-        admission.identity,
-      )
+      opened(ws, admission, data.query?.session_id, data.request.headers.get('user-agent'))
     },
     pong(ws: ServerWebSocket<unknown>, payload: Buffer) {
       if (ours(ws)) client.alive(ws)
-      else elysiaSocket.pong?.(ws, payload)
+      else if (elysias(ws)) elysiaSocket.pong?.(ws, payload)
     },
     ping(ws: ServerWebSocket<unknown>, payload: Buffer) {
-      if (!ours(ws)) elysiaSocket.ping?.(ws, payload)
+      if (elysias(ws)) elysiaSocket.ping?.(ws, payload)
     },
     close(ws: ServerWebSocket<unknown>, code: number, reason: string) {
       if (ours(ws)) client.close(ws, code)
-      else elysiaSocket.close?.(ws, code, reason)
+      else if (elysias(ws)) elysiaSocket.close?.(ws, code, reason)
     },
     // A history replay waits for the socket to take what is buffered.
     drain(ws: ServerWebSocket<unknown>) {
       if (ours(ws)) client.drain(ws)
-      else elysiaSocket.drain?.(ws)
+      else if (elysias(ws)) elysiaSocket.drain?.(ws)
     },
     message(ws: ServerWebSocket<unknown>, frame: string | Buffer) {
-      if (!ours(ws)) return elysiaSocket.message?.(ws, frame)
+      if (!ours(ws)) {
+        if (elysias(ws)) elysiaSocket.message?.(ws, frame)
+        return
+      }
       // A UTF-16 length of at most a third of the limit cannot exceed it in UTF-8.
       const size =
         typeof frame === 'string'

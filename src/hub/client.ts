@@ -83,6 +83,11 @@ export class ClientHandler {
     this.refusals.stop()
   }
 
+  /** Something failed outside a connection's messages (admission, open): logged at error. */
+  failed(error: unknown, what: string): void {
+    this.logger.error({ err: error }, what)
+  }
+
   /** An upgrade refused before it became a connection (logged for operators). */
   refused(code: number, reason: string, address: string): void {
     this.refusals.warn(

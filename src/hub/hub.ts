@@ -6,6 +6,9 @@ import type { FanoutBroker } from './broker.ts'
 import { Connection, type Socket } from './connection.ts'
 import { Stats } from './stats.ts'
 
+/** Longest user agent or address interned (real ones are far shorter). */
+const SHARED_MAX_LENGTH = 256
+
 const collectionTopic = (collection: string) => `c:${collection}`
 const documentTopic = (collection: string, document: string) => `d:${collection}.${document}`
 const userTopic = (userId: string) => `u:${userId}`
@@ -33,14 +36,14 @@ export interface ClientInfo {
  */
 export class Hub {
   readonly stats = new Stats()
+  /** Interned user agents and addresses (see shared). */
+  private readonly strings = new Map<string, string>()
   /**
    * Live connections by id. A socket's own Connection is kept in its `data`
    * slot (Bun passes the same socket object to every event), so there is no
    * map by socket: each map of every connection costs ~100-200 bytes per
    * entry at 10,000 connections.
    */
-  /** Interned user agents and addresses (see shared). */
-  private readonly strings = new Map<string, string>()
   private readonly byId = new Map<string, Connection>()
   /** A user's live connections: the Connection itself while it is the only one (the usual case). */
   private readonly byUser = new Map<string, Connection | Set<Connection>>()
@@ -90,7 +93,8 @@ export class Hub {
    * and thousands of connections share a few user agents and addresses.
    */
   private shared(value: string | null): string | null {
-    if (value === null) return null
+    // Short values only: a client choosing a long unique header must not fill the table.
+    if (value === null || value.length > SHARED_MAX_LENGTH) return value
     const known = this.strings.get(value)
     if (known !== undefined) return known
     if (this.strings.size >= 10_000) this.strings.clear() // bounded: many distinct values gain nothing
