@@ -1,6 +1,8 @@
-import { afterAll, beforeAll, expect, test } from 'bun:test'
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import {
   eventually,
+  getJson,
+  postJson,
   type RawSocket,
   type ServerProcess,
   silentSocket,
@@ -87,4 +89,68 @@ test('a wall clock stepped forward two minutes, then back an hour, changes no li
   expect(await timesOut(silent)).toBe(4408)
   expect([a.closeCode, b.closeCode]).toEqual([undefined, undefined])
   await Promise.all([a.close(), b.close(), c.close()])
+})
+
+describe('retention with a clock stepped back', () => {
+  test('entries stamped out of order are pruned only as a prefix: a resume never crosses a silent hole', async () => {
+    // Entries 6-10 are written while the clock is two hours behind: by their
+    // stamps older than HISTORY_TTL (one hour), though 1-5 before them are not.
+    const skewed = await spawnServer(
+      {
+        DB_PATH: ':memory:',
+        LOG_LEVEL: 'debug',
+        HISTORY_TTL: '3600',
+        HISTORY_PRUNE_INTERVAL: '0.1',
+        CLOCK_STEPS: `${-2 * HOUR},0`,
+      },
+      {
+        argv: ['bun', '--preload', './test/fixtures/shifted-clock.ts', 'src/main.ts'],
+        cwd: `${import.meta.dir}/..`,
+      },
+    )
+    try {
+      const collection = uniqueName('record')
+      const stale = uniqueName('stale')
+      const publish = (channel: string, message: unknown) =>
+        postJson(skewed, '/api/ws/broadcast/channel', { channel, message })
+      let stepped = 0
+      const step = async () => {
+        stepped++
+        skewed.proc.kill('SIGUSR2')
+        await eventually(() =>
+          expect(skewed.lines.filter((l) => l.includes('"clock stepped"'))).toHaveLength(stepped),
+        )
+      }
+      for (let i = 1; i <= 5; i++) await publish(collection, i)
+      await step()
+      for (let i = 6; i <= 10; i++) await publish(collection, i)
+      // A collection whose entries are all old: its pruning shows a pass has run.
+      for (let i = 1; i <= 3; i++) await publish(stale, i)
+      await step()
+      for (let i = 11; i <= 15; i++) await publish(collection, i)
+      await eventually(async () => {
+        const { body } = await getJson(skewed, `/api/ws/history?channel=${stale}`)
+        expect(body.messages).toHaveLength(0)
+      }, 10_000)
+      const { body } = await getJson(skewed, `/api/ws/history?channel=${collection}`)
+      expect(body.messages.map((m: { data: { offset: number } }) => m.data.offset)).toEqual(
+        Array.from({ length: 15 }, (_, i) => i + 1),
+      )
+      // A client that saw offset 3 resumes with everything after it.
+      const client = await TestClient.connect(skewed)
+      const reply = await client.ok({
+        type: 'subscribe',
+        collection,
+        since: { epoch: body.epoch, offset: 3 },
+      })
+      expect(reply.data.recovered).toBe(true)
+      expect(client.all((m) => m.type === 'message').map((m) => m.data.offset)).toEqual(
+        Array.from({ length: 12 }, (_, i) => i + 4),
+      )
+      await client.close()
+    } finally {
+      skewed.proc.kill('SIGTERM')
+      await skewed.exited
+    }
+  }, 30_000)
 })

@@ -4,6 +4,7 @@ import m0 from '../../drizzle/0000_init.sql' with { type: 'text' }
 import m1 from '../../drizzle/0001_without_rowid.sql' with { type: 'text' }
 import m2 from '../../drizzle/0002_change_chain.sql' with { type: 'text' }
 import m3 from '../../drizzle/0003_sessions.sql' with { type: 'text' }
+import m4 from '../../drizzle/0004_nappy_toro.sql' with { type: 'text' }
 
 export { journal }
 export const migrationSql: Record<string, string> = {
@@ -11,4 +12,5 @@ export const migrationSql: Record<string, string> = {
   '0001_without_rowid': m1,
   '0002_change_chain': m2,
   '0003_sessions': m3,
+  '0004_nappy_toro': m4,
 }

@@ -38,10 +38,7 @@ export const streamEntries = sqliteTable(
      */
     prevOffset: integer('prev_offset'),
   },
-  (table) => [
-    primaryKey({ columns: [table.collection, table.offset] }),
-    index('stream_entries_created').on(table.createdAt),
-  ],
+  (table) => [primaryKey({ columns: [table.collection, table.offset] })],
 )
 
 /** Current state of every document that has a version (snapshot only when created through us). */

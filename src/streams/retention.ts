@@ -6,8 +6,10 @@ const CHUNK = 2_000
 
 /**
  * Prunes stream entries past HISTORY_MAX_PER_COLLECTION or older than
- * HISTORY_TTL, in small deletes spread over event-loop turns. Heads and
- * document snapshots are kept, so offsets and versions never go back.
+ * HISTORY_TTL, in small deletes spread over event-loop turns, always from
+ * the oldest offset of a collection on (what is held is one run of offsets).
+ * Heads and document snapshots are kept, so offsets and versions never go
+ * back.
  */
 export class Retention {
   private timer: ReturnType<typeof setTimeout> | undefined
@@ -44,9 +46,14 @@ export class Retention {
       }
     }
     const before = Date.now() - this.ttlMs
-    for (let n = CHUNK; n === CHUNK && !this.stopped; await yieldTurn()) {
-      n = this.store.pruneOlderThan(before, CHUNK)
-      removed += n
+    for (const { collection } of this.store.collections()) {
+      if (this.stopped) break
+      // A collection with nothing old costs one row read and no turn.
+      for (let n = CHUNK; n === CHUNK && !this.stopped; ) {
+        n = this.store.pruneOlderPrefix(collection, before, CHUNK)
+        removed += n
+        if (n > 0) await yieldTurn()
+      }
     }
     if (removed > 0) this.logger.debug({ removed }, 'history pruned')
     return removed

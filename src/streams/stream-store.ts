@@ -65,7 +65,7 @@ export class StreamStore {
   private readonly selectAt: Statement<EntryRow>
   private readonly selectLink: Statement<ChainLink>
   private readonly selectDocumentSince: Statement<EntryRow>
-  private readonly deleteOlderThan: Statement
+  private readonly selectOldest: Statement<{ offset: number; createdAt: number }>
   private readonly deleteUpTo: Statement
 
   constructor(private readonly store: Store) {
@@ -95,8 +95,8 @@ export class StreamStore {
     this.selectDocumentSince = sqlite.prepare(
       `SELECT ${ENTRY_COLUMNS} FROM stream_entries WHERE collection = ? AND "offset" > ? AND "offset" <= ? AND document = ? ORDER BY "offset" LIMIT ?`,
     )
-    this.deleteOlderThan = sqlite.prepare(
-      'DELETE FROM stream_entries WHERE (collection, "offset") IN (SELECT collection, "offset" FROM stream_entries WHERE created_at < ? LIMIT ?)',
+    this.selectOldest = sqlite.prepare(
+      'SELECT "offset", created_at AS createdAt FROM stream_entries WHERE collection = ? ORDER BY "offset" LIMIT ?',
     )
     this.deleteUpTo = sqlite.prepare(
       'DELETE FROM stream_entries WHERE collection = ? AND "offset" <= ?',
@@ -209,9 +209,25 @@ export class StreamStore {
     return this.selectDocumentSince.all(collection, after, until, document, limit).map(toEntry)
   }
 
-  /** Retention: drops up to `batch` entries older than `before` (ms); returns how many. */
-  pruneOlderThan(before: number, batch: number): number {
-    const removed = this.deleteOlderThan.run(before, batch).changes
+  /**
+   * Retention by age: drops up to `batch` of the collection's oldest entries,
+   * stopping at the first one not older than `before` (ms). Never past a
+   * younger entry, so what is held stays one run of offsets up to the head
+   * (a wall clock stepped back can write an old timestamp after a young one;
+   * deleting by timestamp alone would cut a silent hole that resuming
+   * clients, who check only the oldest held offset, would not see).
+   */
+  pruneOlderPrefix(collection: string, before: number, batch: number): number {
+    let upTo: number | undefined
+    // A collection whose oldest entry is young costs one row read.
+    const oldest = this.selectOldest.get(collection, 1)
+    if (oldest === null || oldest.createdAt >= before) return 0
+    for (const row of this.selectOldest.all(collection, batch)) {
+      if (row.createdAt >= before) break
+      upTo = row.offset
+    }
+    if (upTo === undefined) return 0
+    const removed = this.deleteUpTo.run(collection, upTo).changes
     this.rows -= removed
     return removed
   }
