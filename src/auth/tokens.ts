@@ -69,18 +69,25 @@ export class TokenVerifier {
  * Grants are immutable and tokens of one app repeat the same claims: one
  * compiled Grants per distinct claim set, shared by the connections holding
  * it (~0.5-3 KB each, regexes included, instead of one per connection).
- * Bounded: past GRANTS_CACHE distinct sets the cache starts over.
+ * Bounded by count and by the claims' size (per-user claims make every set
+ * distinct, and a claim set can be ~16 KB): past either, it starts over.
  */
 const GRANTS_CACHE = 10_000
+const GRANTS_CACHE_CHARS = 4 * 1024 * 1024
 const grantsCache = new Map<string, Grants>()
+let grantsCacheChars = 0
 
 function grantsFor(channels: string[], publish: string[]): Grants {
   const key = JSON.stringify([channels, publish])
   let grants = grantsCache.get(key)
   if (grants === undefined) {
-    if (grantsCache.size >= GRANTS_CACHE) grantsCache.clear()
+    if (grantsCache.size >= GRANTS_CACHE || grantsCacheChars + key.length > GRANTS_CACHE_CHARS) {
+      grantsCache.clear()
+      grantsCacheChars = 0
+    }
     grants = new Grants(channels, publish)
     grantsCache.set(key, grants)
+    grantsCacheChars += key.length
   }
   return grants
 }

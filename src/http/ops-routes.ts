@@ -52,8 +52,8 @@ export function opsRoutes({ hub, gate, metrics, throughput, ready }: OpsParts) {
         subscriptions: hub.totalSubscriptions,
         throughput: throughput.series(),
         busiest: hub.busiestChannels(10),
-        online: [...hub.users()]
-          .map(([user_id, connections]) => ({ user_id, connections: connections.size }))
+        online: [...hub.userCounts()]
+          .map(([user_id, connections]) => ({ user_id, connections }))
           .sort((a, b) => b.connections - a.connections)
           .slice(0, 50),
       }),

@@ -143,6 +143,12 @@ export class Hub {
       yield [userId, tabs instanceof Connection ? new Set([tabs]) : tabs]
   }
 
+  /** Every online user with how many live connections they have (no per-user allocation). */
+  *userCounts(): IterableIterator<[string, number]> {
+    for (const [userId, tabs] of this.byUser)
+      yield [userId, tabs instanceof Connection ? 1 : tabs.size]
+  }
+
   /** Live connections of one user. */
   connectionsOf(userId: string): number {
     const tabs = this.byUser.get(userId)
