@@ -159,8 +159,12 @@ export class RealtimeClient extends Emitter<ClientEvents> {
   private readonly docs = new Map<string, Doc<unknown>>()
   /** This client's recent connection ids: never someone else in presence. */
   private readonly ownConnections: string[] = []
-  /** The last frame sent, and a frame limit learnt from a server's `message_too_big`. */
-  private lastFrame = ''
+  /**
+   * The largest frame sent on this connection (bytes), and a frame limit
+   * learnt from a server's `message_too_big`: the frame over the server's
+   * limit is the largest one sent, not the last (a ping may follow it).
+   */
+  private largestFrame = 0
   private learntFrameLimit: number | undefined
   private connectTimer: ReturnType<typeof setTimeout> | undefined
   /** User requests waiting for the connection. */
@@ -328,10 +332,17 @@ export class RealtimeClient extends Emitter<ClientEvents> {
       this.subscriptions.delete(subscription.channel)
   }
 
-  /** @internal A Doc is followed (again): `doc()` gives it. */
-  adoptDoc(doc: Doc<unknown>): void {
+  /**
+   * @internal A Doc is followed (again): `doc()` gives it. False when another
+   * Doc of the document is the one `doc()` gives now: two would share one
+   * channel and diverge.
+   */
+  adoptDoc(doc: Doc<unknown>): boolean {
     const key = channelName(doc.collection, doc.id)
-    if (!this.docs.has(key)) this.docs.set(key, doc)
+    const current = this.docs.get(key)
+    if (current !== undefined && current !== doc) return false
+    this.docs.set(key, doc)
+    return true
   }
 
   /** @internal A Doc is no longer followed: forgotten, so that nothing holds it. */
@@ -377,7 +388,9 @@ export class RealtimeClient extends Emitter<ClientEvents> {
       return Promise.reject(
         new RealtimeError(413, `the ${type} frame is over ${max} bytes (MAX_MESSAGE_SIZE)`),
       )
-    this.lastFrame = text
+    // A third of the UTF-16 length bounds the bytes from below: most frames skip the count.
+    if (text.length * 3 > this.largestFrame)
+      this.largestFrame = Math.max(this.largestFrame, byteLength(text))
     const timeout = options.timeout ?? this.options.requestTimeout ?? 10_000
     return new Promise<ReplyData[K]>((resolve, reject) => {
       const timer =
@@ -549,6 +562,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
   }
 
   private connected(data: ConnectedData): void {
+    this.largestFrame = 0
     clearTimeout(this.connectTimer)
     this.connection = data
     this.connectionNumber++
@@ -588,9 +602,10 @@ export class RealtimeClient extends Emitter<ClientEvents> {
         return this.shutdown({ reason: 'token_expired', code: 401 })
       if (told.reason === 'client') return this.shutdown({ reason: told.reason })
       if (told.reason === 'message_too_big') {
-        // The server's limit is below ours: the last frame sent is refused here from now on
-        // (413, which resets a document's change), so the reconnect does not send it again.
-        this.learntFrameLimit = Math.max(1024, byteLength(this.lastFrame) - 1)
+        // The server's limit is below ours: a frame as large as the one it refused is refused
+        // here from now on (413, which resets a document's change), so the reconnect does not
+        // send it again.
+        this.learntFrameLimit = Math.max(1024, this.largestFrame - 1)
       }
       // A fresh token is fetched on the next connect: no reason to wait.
       return this.retry(told.code, told.reason, told.reason === 'token_expired' ? 0 : undefined)

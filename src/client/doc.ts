@@ -78,6 +78,8 @@ export class Doc<T = unknown> extends Emitter<DocEvents<T>> {
   private pending: LocalChange[] = []
   /** While a snapshot is being fetched, changes arriving are in it already. */
   private fetching = false
+  /** The resume running on the current connection, if any. */
+  private resuming: { connection: number; promise: Promise<void> } | undefined
   /** Changes that arrived ahead of their turn (a replay overlapping live messages). */
   private early = new Map<number, OpEvent>()
   private subscription: Subscription | undefined
@@ -121,7 +123,11 @@ export class Doc<T = unknown> extends Emitter<DocEvents<T>> {
    */
   async subscribe(): Promise<void> {
     if (!this.subscription || this.subscription.ended) {
-      this.client.adoptDoc(this)
+      if (!this.client.adoptDoc(this))
+        throw new RealtimeError(
+          'invalid_op',
+          `${this.collection}.${this.id} is followed by another Doc: use client.doc() for it`,
+        )
       this.subscription = this.client.documentChannel(this)
       if (this.client.isOpen) void this.resume()
     }
@@ -137,16 +143,18 @@ export class Doc<T = unknown> extends Emitter<DocEvents<T>> {
    * Stops following, once the local changes are acked (they need the
    * subscription to be sent). The channel is left unless something else
    * holds it (`client.subscribe`, `client.presence`); the client forgets
-   * this Doc (`client.doc` gives a new one; `subscribe()` again works too).
+   * this Doc (`client.doc` gives a new one; `subscribe()` again works on
+   * this one as long as `client.doc` has not made another).
    */
   async unsubscribe(): Promise<void> {
     await this.whenNothingPending()
     const subscription = this.subscription
     this.subscription = undefined
+    // Detached first, while its version is known: a holder of the channel goes on from there.
+    subscription?.detachDoc(this)
     this.forgetState()
     this.client.forgetDoc(this)
     if (!subscription) return
-    subscription.detachDoc(this)
     await subscription.unsubscribe()
   }
 
@@ -272,7 +280,22 @@ export class Doc<T = unknown> extends Emitter<DocEvents<T>> {
    * queries the snapshot, then subscribes from its version, so nothing is
    * missed between the two.
    */
-  async resume(): Promise<void> {
+  resume(): Promise<void> {
+    // One at a time per connection: a subscribe() from a `connected` listener and the
+    // client's own resync must not load the snapshot twice (the second load would wipe
+    // a change made after the first).
+    const connection = this.client.connectionNumber
+    if (this.resuming?.connection === connection) return this.resuming.promise
+    const promise = this.resumeOnce()
+    this.resuming = { connection, promise }
+    const done = () => {
+      if (this.resuming?.promise === promise) this.resuming = undefined
+    }
+    promise.then(done, done)
+    return promise
+  }
+
+  private async resumeOnce(): Promise<void> {
     const subscription = this.subscription
     if (!subscription) return
     if (!this.loaded && !(await this.fetch())) return
@@ -473,6 +496,15 @@ export class Doc<T = unknown> extends Emitter<DocEvents<T>> {
     }
     const change = this.inflight
     if (change.sentOn === this.client.connectionNumber) return
+    if (change.op?.length === 0) {
+      // Transformed into nothing by a concurrent op since it was sent (and not in the
+      // resume's replay, which would have acked it by src/seq): nothing left to send.
+      this.inflight = undefined
+      for (const callback of change.callbacks) callback.resolve()
+      if (!this.hasPending) this.emit('nothingPending', undefined)
+      this.flush()
+      return
+    }
     change.seq ??= this.client.nextSeq()
     change.sentOn = this.client.connectionNumber
     const fields = {

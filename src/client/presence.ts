@@ -62,6 +62,8 @@ export class ChannelPresence extends Emitter<PresenceEvents> {
   local: unknown = null
   /** set() calls whose state has not gone out on a live subscription yet. */
   private waiters: Array<Deferred<void>> = []
+  /** Why the channel was left for good: set() fails at once from then on. */
+  private ended: RealtimeError | undefined
 
   /** @internal */
   constructor(private readonly channel: PresenceChannel) {
@@ -76,6 +78,7 @@ export class ChannelPresence extends Emitter<PresenceEvents> {
    * over `PRESENCE_MAX_SIZE`) or the channel ended.
    */
   set(state: unknown): Promise<void> {
+    if (this.ended) return Promise.reject(this.ended)
     this.local = state ?? null
     const waiter = deferred<void>()
     this.waiters.push(waiter)
@@ -162,6 +165,7 @@ export class ChannelPresence extends Emitter<PresenceEvents> {
 
   /** @internal The channel was left for good: every member leaves, waiting set() calls fail. */
   reset(error: RealtimeError): void {
+    this.ended = error
     this.incoming = undefined
     const members = [...this.members.values()]
     this.members.clear()
