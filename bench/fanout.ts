@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { chart } from './chart.ts'
-import { fmt, runMeasured, startChild, startOurs, table } from './lib.ts'
+import { fmt, runMeasured, startTarget, table } from './lib.ts'
 
 interface Result {
   target: string
@@ -36,13 +36,7 @@ const measured: Array<{ subscribers: number; bare: Measured; ours: Measured }> =
 for (const subscribers of sizes) {
   const results: Measured[] = []
   for (const { target, body } of targets) {
-    const server =
-      target === 'ours'
-        ? await startOurs()
-        : {
-            ...(await startChild(['bun', 'bench/peers/bare-bun.ts'], { HOST: '0.0.0.0' })),
-            cleanup() {},
-          }
+    const server = await startTarget(target)
     try {
       const result = await runMeasured<Result>(
         server,

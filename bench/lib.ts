@@ -96,6 +96,16 @@ export async function startOurs(
   return { ...child, cleanup: () => rmSync(dir, { recursive: true, force: true }) }
 }
 
+/** Our server (with `env`), or the bare Bun.serve baseline, as a child process. */
+export async function startTarget(
+  target: 'ours' | 'bare',
+  env: Record<string, string> = {},
+): Promise<Child & { cleanup(): void }> {
+  if (target === 'ours') return startOurs(env)
+  const child = await startChild(['bun', 'bench/peers/bare-bun.ts'], { HOST: '0.0.0.0' })
+  return { ...child, cleanup() {} }
+}
+
 /**
  * Runs a load client process and returns the JSON it prints last. A client
  * prints `{"phase":"start"}` and `{"phase":"end"}` around its measured

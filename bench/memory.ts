@@ -6,7 +6,7 @@
  * load client are separate processes.
  */
 import { SignJWT } from 'jose'
-import { type Child, fmt, startChild, startOurs, table } from './lib.ts'
+import { type Child, fmt, startTarget, table } from './lib.ts'
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 10_000)
 /** Seconds the connections are held, idle, before the server's RSS is read. */
@@ -96,12 +96,7 @@ export async function measureMemory(): Promise<MemoryResult[]> {
   ]
   const results: MemoryResult[] = []
   const start = (run: (typeof runs)[number]) =>
-    run.target === 'ours'
-      ? startOurs(run.auth ? { AUTH_SECRET: SECRET } : {})
-      : startChild(['bun', 'bench/peers/bare-bun.ts'], { HOST: '0.0.0.0' }).then((child) => ({
-          ...child,
-          cleanup() {},
-        }))
+    startTarget(run.target, run.auth ? { AUTH_SECRET: SECRET } : {})
   for (const run of runs) {
     // Setup alone first, on a server of its own (its garbage would skew the memory figures).
     const fresh = await start(run)

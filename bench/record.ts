@@ -5,7 +5,7 @@
  * each op versioned, applied, stored and fanned out; against bare Bun.serve
  * publishing bodies of the same frame size through the same load client.
  */
-import { fmt, runMeasured, startChild, startOurs, table } from './lib.ts'
+import { fmt, runMeasured, startTarget, table } from './lib.ts'
 
 const subscribers = process.env.BENCH_SUBSCRIBERS ?? '1000'
 const seconds = process.env.BENCH_SECONDS ?? '5'
@@ -21,13 +21,7 @@ interface Result {
 }
 
 async function run(target: 'ours' | 'bare', frameBytes?: number) {
-  const server =
-    target === 'ours'
-      ? await startOurs()
-      : {
-          ...(await startChild(['bun', 'bench/peers/bare-bun.ts'], { HOST: '0.0.0.0' })),
-          cleanup() {},
-        }
+  const server = await startTarget(target)
   try {
     const result = await runMeasured<Result>(
       server,

@@ -124,6 +124,25 @@ class Reader {
 const range = (from: number, to: number) =>
   Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
+/**
+ * A raw socket that stopped reading and subscribed (id 1) with since offset
+ * 0: its replay is stuck behind the full socket until it resumes reading.
+ */
+async function stuckResume(target: TestServer, collection: string, user: string) {
+  const { body } = await getJson(target, `/api/ws/history?channel=${collection}&limit=1`)
+  const raw = await silentSocket(target, `user_id=${user}`)
+  raw.pause()
+  raw.sendText(
+    JSON.stringify({
+      type: 'subscribe',
+      id: 1,
+      collection,
+      since: { epoch: body.epoch, offset: 0 },
+    }),
+  )
+  return raw
+}
+
 describe('resuming a large backlog', () => {
   test('10,000 entries of 4 KB resume from offset 0 while others keep publishing: every offset once, in order, then live', async () => {
     const collection = uniqueName('record')
@@ -195,16 +214,7 @@ describe('resuming a large backlog', () => {
             })
         }),
       )
-      const { body } = await getJson(slow, `/api/ws/history?channel=${channel}&limit=1`)
-      const raw = await silentSocket(slow, 'user_id=stuck')
-      raw.pause()
-      raw.sendText(
-        JSON.stringify({
-          type: 'subscribe',
-          collection,
-          since: { epoch: body.epoch, offset: 0 },
-        }),
-      )
+      const raw = await stuckResume(slow, collection, 'stuck')
       await eventually(async () => {
         const { body: sessions } = await getJson(slow, '/api/ws/sessions?user_id=stuck')
         expect(sessions.sessions[0]).toMatchObject({ live: false, end_reason: 'slow_consumer' })
@@ -231,17 +241,7 @@ describe('resuming a large backlog', () => {
           )
       }
       await publish(3000)
-      const { body } = await getJson(small, `/api/ws/history?channel=${collection}&limit=1`)
-      const raw = await silentSocket(small, 'user_id=paused')
-      raw.pause()
-      raw.sendText(
-        JSON.stringify({
-          type: 'subscribe',
-          id: 1,
-          collection,
-          since: { epoch: body.epoch, offset: 0 },
-        }),
-      )
+      const raw = await stuckResume(small, collection, 'paused')
       // While it does not read, 1,500 more arrive and retention drops the oldest.
       await publish(1500)
       expect(await small.retention.pass()).toBeGreaterThan(0)
@@ -268,17 +268,7 @@ describe('resuming a large backlog', () => {
   test('unsubscribing during the replay answers the subscribe with 409 and stops it', async () => {
     const collection = uniqueName('record')
     await seed(collection, 2000, 8192)
-    const { body } = await getJson(server, `/api/ws/history?channel=${collection}&limit=1`)
-    const raw = await silentSocket(server, 'user_id=changes-mind')
-    raw.pause()
-    raw.sendText(
-      JSON.stringify({
-        type: 'subscribe',
-        id: 1,
-        collection,
-        since: { epoch: body.epoch, offset: 0 },
-      }),
-    )
+    const raw = await stuckResume(server, collection, 'changes-mind')
     raw.sendText(JSON.stringify({ type: 'unsubscribe', id: 2, collection }))
     raw.resume()
     const replies = await eventually(() => {
@@ -314,18 +304,8 @@ describe('a replay and the same connection’s other traffic', () => {
   test('entries published while the client is paused mid-replay follow the backlog from the store, in order, once', async () => {
     const collection = uniqueName('record')
     await seed(collection, 2000, 8192)
-    const { body } = await getJson(server, `/api/ws/history?channel=${collection}&limit=1`)
-    const raw = await silentSocket(server, 'user_id=paused-reader')
-    raw.pause()
     const before = await subscribeCount()
-    raw.sendText(
-      JSON.stringify({
-        type: 'subscribe',
-        id: 1,
-        collection,
-        since: { epoch: body.epoch, offset: 0 },
-      }),
-    )
+    const raw = await stuckResume(server, collection, 'paused-reader')
     await subscribesTaken(before + 1)
     await seed(collection, 300, 8192, 4) // the replay is stuck behind the paused socket meanwhile
     raw.resume()
@@ -340,17 +320,7 @@ describe('a replay and the same connection’s other traffic', () => {
   test("the client's own submit during its replay is acked in the op's place, never echoed", async () => {
     const collection = uniqueName('record')
     await seed(collection, 2000, 8192)
-    const { body } = await getJson(server, `/api/ws/history?channel=${collection}&limit=1`)
-    const raw = await silentSocket(server, 'user_id=own-submit')
-    raw.pause()
-    raw.sendText(
-      JSON.stringify({
-        type: 'subscribe',
-        id: 1,
-        collection,
-        since: { epoch: body.epoch, offset: 0 },
-      }),
-    )
+    const raw = await stuckResume(server, collection, 'own-submit')
     raw.sendText(
       JSON.stringify({ type: 'submit', id: 2, collection, document: 'own', create: { data: {} } }),
     )
