@@ -4,15 +4,17 @@
  */
 import { afterAll, beforeAll, expect, test } from 'bun:test'
 import { join } from 'node:path'
-import { RealtimeClient, type RealtimeError } from '../src/client/index.ts'
+import { RealtimeClient } from '../src/client/index.ts'
 import {
   getJson,
+  outcome,
   postJson,
   spawnServer,
   startServer,
   type TestServer,
   tempDir,
   uniqueName,
+  within,
 } from './helpers.ts'
 
 let server: TestServer
@@ -20,12 +22,6 @@ beforeAll(() => {
   server = startServer({ MAX_MESSAGE_SIZE: '8192' })
 })
 afterAll(() => server.close())
-
-const outcome = (promise: Promise<unknown>): Promise<string | number> =>
-  promise.then(
-    () => 'ok',
-    (error: RealtimeError) => error.code,
-  )
 
 test('an in-flight change that a concurrent op turns into nothing is not resent as op: [] (no 400, no reset)', async () => {
   const dir = tempDir()
@@ -73,15 +69,6 @@ test('an in-flight change that a concurrent op turns into nothing is not resent 
     dir.remove()
   }
 }, 30_000)
-
-/** Fails the test (instead of hanging it) when a promise does not settle in time. */
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
-}
 
 const client = (options: { autoConnect?: boolean } = {}) =>
   new RealtimeClient({

@@ -5,8 +5,16 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { createSecretKey } from 'node:crypto'
 import { SignJWT } from 'jose'
-import { type DocEvents, RealtimeClient, type RealtimeError } from '../src/client/index.ts'
-import { getJson, postJson, startServer, type TestServer, uniqueName } from './helpers.ts'
+import { type DocEvents, RealtimeClient } from '../src/client/index.ts'
+import {
+  getJson,
+  outcome,
+  postJson,
+  startServer,
+  type TestServer,
+  uniqueName,
+  within,
+} from './helpers.ts'
 
 const SECRET = 'client-test-secret-long-enough-for-hs256'
 const key = createSecretKey(Buffer.from(SECRET))
@@ -16,22 +24,6 @@ const sign = (sub: string, channels: string[], ttlSeconds = 60) =>
     .setSubject(sub)
     .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSeconds)
     .sign(key)
-
-/** A promise's outcome: `ok`, or the rejection's code. */
-const outcome = (promise: Promise<unknown>): Promise<string | number> =>
-  promise.then(
-    () => 'ok',
-    (error: RealtimeError) => error.code,
-  )
-
-/** Fails the test (instead of hanging it) when a promise does not settle in time. */
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
-}
 
 /** The client's private bookkeeping, to count what it holds. */
 function internals(client: RealtimeClient) {

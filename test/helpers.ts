@@ -56,6 +56,35 @@ export function startServer(env: Env = {}): TestServer {
   }
 }
 
+/** Runs `run` against a server of its own, stopped afterwards whatever happens. */
+export async function withServer(
+  env: Env,
+  run: (server: TestServer) => Promise<void>,
+): Promise<void> {
+  const server = startServer(env)
+  try {
+    await run(server)
+  } finally {
+    await server.close()
+  }
+}
+
+/** A promise's outcome: `ok`, or the rejection's code (a client RealtimeError's). */
+export const outcome = (promise: Promise<unknown>): Promise<string | number> =>
+  promise.then(
+    () => 'ok',
+    (error: { code: string | number }) => error.code,
+  )
+
+/** Fails the test (instead of hanging it) when a promise does not settle in time. */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+}
+
 /** A short unique name for a test's channels. */
 export function uniqueName(prefix: string): string {
   return `${prefix}_${Math.random().toString(36).slice(2, 10)}`

@@ -5,21 +5,11 @@ import {
   getJson,
   postJson,
   silentSocket,
-  startServer,
   TestClient,
-  type TestServer,
   uniqueName,
   upgradeRequest,
+  withServer,
 } from './helpers.ts'
-
-async function withServer(env: Record<string, string>, run: (server: TestServer) => Promise<void>) {
-  const server = startServer(env)
-  try {
-    await run(server)
-  } finally {
-    await server.close()
-  }
-}
 
 describe('connection limits', () => {
   test('MAX_CONNECTIONS refuses the next upgrade with 429 JSON', () =>

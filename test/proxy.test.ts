@@ -10,20 +10,11 @@ import { ConfigError, loadConfig } from '../src/config.ts'
 import {
   eventually,
   getJson,
-  startServer,
   type TestServer,
   uniqueName,
   upgradeRequest,
+  withServer,
 } from './helpers.ts'
-
-async function withServer(env: Record<string, string>, run: (server: TestServer) => Promise<void>) {
-  const server = startServer(env)
-  try {
-    await run(server)
-  } finally {
-    await server.close()
-  }
-}
 
 /** A socket upgrade carrying X-Forwarded-For: its HTTP status. */
 async function upgradeVia(server: TestServer, forwardedFor: string): Promise<number> {

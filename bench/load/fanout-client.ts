@@ -5,7 +5,7 @@
  * deliveries, so the publisher never runs ahead of what sockets can take),
  * and prints the deliveries per second it saw.
  */
-import { type Counter, maskedText, openCounted } from './ws-counter.ts'
+import { type Counter, openSubscribed } from './ws-counter.ts'
 
 const [target, url, subscribersArg, secondsArg, bodyKind] = process.argv.slice(2)
 if (!target || !url || !subscribersArg)
@@ -38,20 +38,7 @@ const counter: Counter = { frames: 0, bytes: 0 }
 async function subscribe(i: number) {
   const host = `127.0.0.${1 + (i % 4)}`
   const path = target === 'ours' ? `/api/ws/socket?user_id=bench${i}` : '/'
-  let ready: () => void = () => {}
-  const subscribed = new Promise<void>((resolve) => {
-    ready = resolve
-  })
-  const socket = await openCounted(host, port, path, counter, (text, sock) => {
-    const type = (JSON.parse(text) as { type: string }).type
-    if (type === 'connected')
-      sock.write(maskedText(JSON.stringify({ type: 'subscribe', id: 1, collection })))
-    if (type !== 'subscribe' && type !== 'subscribed') return true
-    ready()
-    return false
-  })
-  await subscribed
-  return socket
+  return openSubscribed(host, port, path, counter, collection)
 }
 
 const sockets = []

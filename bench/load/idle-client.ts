@@ -5,7 +5,7 @@
  * With BENCH_CONNECT_ONLY=1 it measures connection setup alone (until our
  * `connected` frame, or the bare server's first frame), then closes them.
  */
-import { type Counter, maskedText, openCounted } from './ws-counter.ts'
+import { type Counter, openSubscribed } from './ws-counter.ts'
 
 const [target, url, countArg, collectionsArg] = process.argv.slice(2)
 if (!target || !url || !countArg)
@@ -24,25 +24,7 @@ async function open(i: number) {
   const host = `127.0.0.${1 + (i % 4)}`
   const query = tokens ? `token=${tokens[i]}` : `user_id=bench${i}`
   const path = target === 'ours' ? `/api/ws/socket?${query}` : '/'
-  let ready: () => void = () => {}
-  const subscribed = new Promise<void>((resolve) => {
-    ready = resolve
-  })
-  const collection = `bench${i % collections}`
-  const socket = await openCounted(host, port, path, counter, (text, sock) => {
-    const type = (JSON.parse(text) as { type: string }).type
-    if (connectOnly) {
-      ready()
-      return false
-    }
-    if (type === 'connected')
-      sock.write(maskedText(JSON.stringify({ type: 'subscribe', id: 1, collection })))
-    if (type !== 'subscribe' && type !== 'subscribed') return true
-    ready()
-    return false
-  })
-  await subscribed
-  return socket
+  return openSubscribed(host, port, path, counter, `bench${i % collections}`, connectOnly)
 }
 
 const started = performance.now()

@@ -114,3 +114,32 @@ export async function openCounted(
   await opened
   return socket
 }
+
+/**
+ * Opens a counted socket subscribed to `collection` (ours: `subscribe` after
+ * `connected`; the bare server subscribes at open and says `subscribed`).
+ * With `connectOnly`, resolves at the first frame instead (connection setup).
+ */
+export async function openSubscribed(
+  host: string,
+  port: number,
+  path: string,
+  counter: Counter,
+  collection: string,
+  connectOnly = false,
+): Promise<Socket<State>> {
+  let ready: () => void = () => {}
+  const subscribed = new Promise<void>((resolve) => {
+    ready = resolve
+  })
+  const socket = await openCounted(host, port, path, counter, (text, sock) => {
+    const type = (JSON.parse(text) as { type: string }).type
+    if (!connectOnly && type === 'connected')
+      sock.write(maskedText(JSON.stringify({ type: 'subscribe', id: 1, collection })))
+    if (!connectOnly && type !== 'subscribe' && type !== 'subscribed') return true
+    ready()
+    return false
+  })
+  await subscribed
+  return socket
+}
