@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
 
 /**
  * Configuration: the only place that reads the environment. Every value has a
@@ -21,8 +22,16 @@ export interface Config {
   logFormat: 'json' | 'pretty'
   /** Seconds over which repeated warnings (same cause and source) are summarised; 0: off. */
   logRepeatInterval: number
-  /** SQLite file; ':memory:' keeps everything in memory (tests). */
+  /** SQLite file; ':memory:' keeps everything in memory (tests). Unused with databaseUrl. */
   dbPath: string
+  /** PostgreSQL store (DATABASE_URL); unset: SQLite at dbPath. */
+  databaseUrl: string | undefined
+  /** Redis for fan-out between processes, presence and stats (REDIS_URL); unset: one process. */
+  redisUrl: string | undefined
+  /** Prefix of every Redis key and channel (REDIS_PREFIX). */
+  redisPrefix: string
+  /** This process's name in the cluster (NODE_ID; default host name and pid). */
+  nodeId: string
   /** Entries kept per collection stream. */
   historyMaxPerCollection: number
   /** Seconds a stream entry is kept. */
@@ -166,11 +175,42 @@ function pem(env: Env, name: string): string | undefined {
   }
 }
 
+/** A URL with one of the given schemes (the message never repeats a password). */
+function url(env: Env, name: string, schemes: readonly string[]): string | undefined {
+  const raw = read(env, name)
+  if (raw === undefined) return undefined
+  let parsed: URL
+  try {
+    parsed = new URL(raw)
+  } catch {
+    throw new ConfigError(name, `expected a ${schemes[0]}// URL`)
+  }
+  if (!schemes.includes(parsed.protocol))
+    throw new ConfigError(
+      name,
+      `expected a ${schemes.join(' or ')}// URL, got ${parsed.protocol}//`,
+    )
+  return raw
+}
+
+/** NODE_ID: names made of letters, digits and `._:-` (it is part of Redis keys and logs). */
+function nodeName(env: Env): string {
+  const raw = read(env, 'NODE_ID') ?? `${hostname()}-${process.pid}`
+  if (!/^[A-Za-z0-9._:-]{1,128}$/.test(raw))
+    throw new ConfigError('NODE_ID', `expected 1-128 letters, digits or ._:- , got "${raw}"`)
+  return raw
+}
+
 export function loadConfig(env: Env): Config {
   if (read(env, 'AUTH_SECRET') !== undefined && read(env, 'AUTH_PUBLIC_KEY') !== undefined)
     throw new ConfigError(
       'AUTH_PUBLIC_KEY',
       'set AUTH_SECRET (HS256) or AUTH_PUBLIC_KEY (RS256/ES256), not both',
+    )
+  if (read(env, 'REDIS_URL') !== undefined && read(env, 'DATABASE_URL') === undefined)
+    throw new ConfigError(
+      'REDIS_URL',
+      'needs DATABASE_URL: processes that share Redis must share one PostgreSQL store (an SQLite file belongs to one process)',
     )
   const heartbeatInterval = number(env, 'HEARTBEAT_INTERVAL', 30, { min: 0.05, max: 3600 })
   const connectionTimeout = number(env, 'CONNECTION_TIMEOUT', 60, { min: 0.1, max: 86400 })
@@ -198,6 +238,10 @@ export function loadConfig(env: Env): Config {
     logFormat: oneOf(env, 'LOG_FORMAT', 'json', ['json', 'pretty']),
     logRepeatInterval: number(env, 'LOG_REPEAT_INTERVAL', 10, { min: 0, max: 3600 }),
     dbPath: read(env, 'DB_PATH') ?? './data/realtime.db',
+    databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
+    redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
+    redisPrefix: env.REDIS_PREFIX ?? 'teable-realtime:',
+    nodeId: nodeName(env),
     historyMaxPerCollection: number(env, 'HISTORY_MAX_PER_COLLECTION', 10_000, {
       min: 1,
       max: 100_000_000,

@@ -1,7 +1,7 @@
 import { ConfigError, loadConfig } from './config.ts'
 import { StoreError } from './db/database.ts'
 import { createLogger } from './observability/logger.ts'
-import { createServer } from './server.ts'
+import { type RealtimeServer, startServer } from './server.ts'
 
 function fail(message: string): never {
   process.stderr.write(`teable-realtime: ${message}\n`)
@@ -17,7 +17,7 @@ try {
 }
 
 const logger = createLogger(config)
-let server: ReturnType<typeof createServer> | undefined
+let server: RealtimeServer | undefined
 
 // Installed before the server starts, so a signal right after "listening" is never the default kill.
 for (const signal of ['SIGTERM', 'SIGINT'] as const)
@@ -34,7 +34,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const)
   })
 
 try {
-  server = createServer(config, logger)
+  server = await startServer(config, logger)
 } catch (error) {
   if (error instanceof StoreError) fail(error.message)
   const code = (error as { code?: string }).code

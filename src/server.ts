@@ -2,8 +2,11 @@ import type { Server } from 'bun'
 import { Elysia, status, ValidationError } from 'elysia'
 import pkg from '../package.json' with { type: 'json' }
 import { Gate } from './auth/gate.ts'
+import type { Committed, NodeBroker } from './broker/broker.ts'
+import { MemoryBroker } from './broker/memory-broker.ts'
+import { RedisBroker } from './broker/redis-broker.ts'
+import { openRedisBus, type RedisBus } from './cluster/redis-bus.ts'
 import type { Config } from './config.ts'
-import { openStore } from './db/database.ts'
 import { DocumentStore } from './documents/document-store.ts'
 import { Documents } from './documents/documents.ts'
 import { apiRoutes } from './http/api-routes.ts'
@@ -27,8 +30,12 @@ import { SessionStore } from './presence/sessions.ts'
 import { encode } from './protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from './protocol/errors.ts'
 import { parseJsonBody } from './protocol/validate.ts'
+import { openPostgresStore } from './store/postgres/postgres-store.ts'
+import { openSqliteStore } from './store/sqlite.ts'
+import { isPromise, type Readiness, type Store, then } from './store/store.ts'
 import { CommitQueue } from './streams/commit-queue.ts'
 import { entryMessage } from './streams/entry.ts'
+import { LivePositions } from './streams/live-position.ts'
 import { Retention } from './streams/retention.ts'
 import { StreamStore } from './streams/stream-store.ts'
 import { Streams } from './streams/streams.ts'
@@ -51,54 +58,114 @@ function errorBody(code: number, message: string, details?: Record<string, unkno
   return { error: details ? { code, message, details } : { code, message } }
 }
 
-/** Builds every part, wires them into one Elysia app and starts listening. */
+/** The embedded server (SQLite, one process): built and listening when this returns. */
 export function createServer(
   config: Config,
   logger: Logger = createLogger(config),
 ): RealtimeServer {
-  const store = openStore(config.dbPath, logger)
+  if (config.databaseUrl !== undefined || config.redisUrl !== undefined)
+    throw new Error('DATABASE_URL or REDIS_URL is set: start the server with startServer()')
+  return build(config, logger, openSqliteStore(config.dbPath, logger), undefined)
+}
+
+/**
+ * Any mode: SQLite at DB_PATH, or PostgreSQL at DATABASE_URL, with Redis
+ * at REDIS_URL for a cluster. Connects, migrates, then builds and listens.
+ */
+export async function startServer(
+  config: Config,
+  logger: Logger = createLogger(config),
+): Promise<RealtimeServer> {
+  if (config.databaseUrl === undefined)
+    return build(config, logger, openSqliteStore(config.dbPath, logger), undefined)
+  const store = await openPostgresStore(config.databaseUrl, logger)
+  let bus: RedisBus | undefined
+  try {
+    if (config.redisUrl !== undefined)
+      bus = await openRedisBus(config.redisUrl, config.redisPrefix, config.nodeId, logger)
+    const dangling = await store.sessions.closeNode(config.nodeId, 'server_restart')
+    if (dangling > 0) logger.warn({ sessions: dangling }, 'closed sessions left open by a crash')
+    return build(config, logger, store, bus)
+  } catch (error) {
+    await bus?.close()
+    await store.close()
+    throw error
+  }
+}
+
+/** Builds every part on an opened store, wires them into one Elysia app and starts listening. */
+function build(
+  config: Config,
+  logger: Logger,
+  store: Store,
+  bus: RedisBus | undefined,
+): RealtimeServer {
   const streamStore = new StreamStore(store)
   const documentStore = new DocumentStore(store)
+  // Other processes write the same store: reads outside a batch go to it.
+  documentStore.shared = bus !== undefined
   const hub = new Hub()
 
-  const fanout = (entry: Parameters<typeof entryMessage>[0], exclude?: readonly string[]) => {
+  let positions: LivePositions | undefined
+  const deliver = ({ entry, exclude }: Committed): number => {
+    positions?.delivered(entry)
     const ref =
       entry.document === undefined
         ? { collection: entry.collection }
         : { collection: entry.collection, document: entry.document }
     // Nobody follows it: no frame to build (a common case for backend publishes).
     if (!hub.hasFollowers(ref)) return 0
-    const fields = entryMessage(entry, streamStore.epoch)
-    const excluded = exclude
-      ?.map((id) => hub.getById(id))
-      .filter((connection): connection is Connection => connection !== undefined)
-    return hub.publish(ref, fields.type, encode(fields, entry.createdAt), excluded)
+    try {
+      const fields = entryMessage(entry, store.epoch)
+      const excluded = exclude
+        ?.map((id) => hub.getById(id))
+        .filter((connection): connection is Connection => connection !== undefined)
+      return hub.publish(ref, fields.type, encode(fields, entry.createdAt), excluded)
+    } catch (error) {
+      logger.error({ err: error, collection: entry.collection }, 'fan-out failed')
+      return 0
+    }
   }
+  const broker: NodeBroker = bus
+    ? new RedisBroker(bus, store, deliver, logger)
+    : new MemoryBroker(
+        deliver,
+        (collection) =>
+          store.kind === 'sqlite'
+            ? streamStore.head(collection)
+            : streamStore.committedHead(collection),
+        logger,
+      )
   const metrics = new Metrics(hub, () => streamStore.heldRows, store.health)
-  const queue = new CommitQueue(store, streamStore, fanout, logger, [documentStore], {
-    committed(seconds, entries) {
-      metrics.commitDuration.observe(seconds)
-      streamStore.committed(entries)
-    },
+  const queue = new CommitQueue(store, streamStore, documentStore, broker, logger, {
+    committed: (seconds) => metrics.commitDuration.observe(seconds),
     fannedOut: (seconds) => metrics.publishToFanout.observe(seconds),
   })
-  const streams = new Streams(streamStore, queue)
+  const streams = new Streams(store, streamStore, queue, broker)
+  positions = new LivePositions(documentStore, streams, bus !== undefined)
+  const livePositions = positions
+  streams.onIdle = (collection) => livePositions.forget(collection)
   const documents = new Documents(
     queue,
     streamStore,
     documentStore,
     config.maxOpComponents,
     config.maxDocumentSize,
+    (collection) => streams.head(collection),
   )
   const presence = new Presence(hub, config)
   const sessions = new SessionStore(
-    store,
+    store.sessions,
     { retentionMs: config.sessionRetention * 1000, maxRows: config.sessionMaxRows },
     () => hub.connections(),
     logger,
+    config.nodeId,
   )
-  const dangling = sessions.closeDangling()
-  if (dangling > 0) logger.warn({ sessions: dangling }, 'closed sessions left open by a crash')
+  if (store.kind === 'sqlite') {
+    const dangling = sessions.closeDangling()
+    if (!isPromise(dangling) && dangling > 0)
+      logger.warn({ sessions: dangling }, 'closed sessions left open by a crash')
+  }
   hub.listen(presence)
   hub.listen(sessions)
   const gate = new Gate(config, hub)
@@ -120,6 +187,8 @@ export function createServer(
     metrics,
     config,
     logger,
+    livePositions,
+    config.nodeId,
   )
   const throughput = new Throughput(hub.stats)
   const heartbeat = new Heartbeat(
@@ -130,6 +199,7 @@ export function createServer(
     client.replays,
   )
   const retention = new Retention(
+    store,
     streamStore,
     config.historyMaxPerCollection,
     config.historyTtl * 1000,
@@ -197,17 +267,17 @@ export function createServer(
         gate,
         metrics,
         throughput,
-        ready() {
+        ready(): Readiness | Promise<Readiness> {
           if (shuttingDown) return { ok: false, reason: 'shutting down' }
-          // The file is ours alone (exclusive lock): the last write's outcome and the file's identity tell.
-          return store.health.check()
+          // SQLite: the last write's outcome and the file's identity; PostgreSQL: a probe.
+          return then(store.check(), (state) => state)
         },
       }),
     )
     .use(openapiRoutes(pkg.version))
     .use(asyncApiRoute(pkg.version))
     .use(demoRoutes())
-    .use(apiRoutes({ hub, documents, streams, presence, sessions, gate }))
+    .use(apiRoutes({ hub, documents, streams, presence, sessions, gate, nodeId: config.nodeId }))
     .use(socketRoute(client, gate))
     .use(socketCheckRoute(gate, client))
 
@@ -228,7 +298,18 @@ export function createServer(
   sessions.start()
   throughput.start()
   const port = server.port ?? config.port
-  logger.info({ port, host: config.host, db: config.dbPath, epoch: streamStore.epoch }, 'listening')
+  logger.info(
+    {
+      port,
+      host: config.host,
+      store: store.kind,
+      db: store.location,
+      redis: bus !== undefined,
+      node_id: config.nodeId,
+      epoch: store.epoch,
+    },
+    'listening',
+  )
 
   return {
     port,
@@ -243,7 +324,7 @@ export function createServer(
       retention.stop()
       throughput.stop()
       server.stop(false) // stop listening; open sockets stay until told
-      queue.flush()
+      await queue.flush()
       const socketsClosed = new Promise<void>((resolve) => {
         if (hub.connectionCount === 0) resolve()
         hub.listen({ onClose: () => hub.connectionCount === 0 && resolve() })
@@ -251,9 +332,11 @@ export function createServer(
       for (const connection of [...hub.connections()]) hub.disconnect(connection, 'shutdown')
       await Promise.race([socketsClosed, Bun.sleep(SHUTDOWN_GRACE_MS)])
       await server.stop(true)
-      queue.flush() // anything REST requests queued while sockets were closing
-      sessions.stop()
-      store.close()
+      await queue.flush() // anything REST requests queued while sockets were closing
+      await sessions.stop()
+      await broker.close()
+      await bus?.close()
+      await store.close()
       client.flushLogs()
       logger.info('stopped')
     },

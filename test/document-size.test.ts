@@ -1,12 +1,18 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { join } from 'node:path'
 import { type as json0 } from 'ot-json0'
+import { MemoryBroker } from '../src/broker/memory-broker.ts'
 import { ConfigError, loadConfig } from '../src/config.ts'
-import { openStore } from '../src/db/database.ts'
 import { DocumentStore } from '../src/documents/document-store.ts'
-import { Documents, type SubmitRequest, type SubmitResult } from '../src/documents/documents.ts'
+import {
+  Documents,
+  type Snapshot,
+  type SubmitRequest,
+  type SubmitResult,
+} from '../src/documents/documents.ts'
 import { createLogger } from '../src/observability/logger.ts'
 import type { ProtocolError } from '../src/protocol/errors.ts'
+import { openSqliteStore } from '../src/store/sqlite.ts'
 import { CommitQueue } from '../src/streams/commit-queue.ts'
 import { StreamStore } from '../src/streams/stream-store.ts'
 import {
@@ -320,20 +326,28 @@ describe('ops apply in place and a refused op leaves no trace', () => {
 /** The documents layer on its own store, for batches the test puts together itself. */
 function documentsOn(path: string, cacheBytes?: number) {
   const logger = createLogger({ logLevel: 'silent', logFormat: 'json' })
-  const store = openStore(path, logger)
+  const store = openSqliteStore(path, logger)
   const streams = new StreamStore(store)
   const documentStore = new DocumentStore(store, 10_000, cacheBytes)
   /** Payloads as fanned out, after their batch committed. */
   const sent: unknown[] = []
-  const fanout = (entry: { payload: unknown }) => {
-    sent.push(JSON.parse(JSON.stringify(entry.payload)))
-    return 0
-  }
-  const queue = new CommitQueue(store, streams, fanout, logger, [documentStore], {
-    committed: (_seconds, entries) => streams.committed(entries),
+  const broker = new MemoryBroker(
+    ({ entry }) => {
+      sent.push(JSON.parse(JSON.stringify(entry.payload)))
+      return 0
+    },
+    (collection) => streams.head(collection),
+    logger,
+  )
+  const queue = new CommitQueue(store, streams, documentStore, broker, logger, {
+    committed: () => {},
     fannedOut: () => {},
   })
-  const documents = new Documents(queue, streams, documentStore, 1000, LIMIT)
+  const documents = new Documents(queue, streams, documentStore, 1000, LIMIT, (collection) =>
+    streams.head(collection),
+  )
+  /** Reads answer synchronously on SQLite. */
+  const snapshot = (id: string) => documents.snapshot('record_t', id) as Snapshot
   const outcomes: Array<{ code: number; result?: SubmitResult }> = []
   /** Queues a write (nothing runs before `queue.flush()`); its outcome lands in `outcomes`. */
   const submit = (
@@ -348,7 +362,7 @@ function documentsOn(path: string, cacheBytes?: number) {
       },
     )
   }
-  return { store, queue, documents, submit, outcomes, sent }
+  return { store, queue, documents, submit, outcomes, sent, snapshot }
 }
 
 describe('batches', () => {
@@ -377,11 +391,11 @@ describe('batches', () => {
     // The create went out as it was submitted, though later ops of its batch changed the snapshot.
     expect(first.sent[0]).toEqual({ type: 'json0', data: { list: [0], obj: { a: 1 } } })
     const expected = { list: [0, 1, 2], obj: { a: 1 } }
-    expect(first.documents.snapshot('record_t', 'doc')).toEqual({ v: 3, data: expected })
+    expect(first.snapshot('doc')).toEqual({ v: 3, data: expected })
     first.store.close()
 
     const second = documentsOn(path)
-    expect(second.documents.snapshot('record_t', 'doc')).toEqual({ v: 3, data: expected })
+    expect(second.snapshot('doc')).toEqual({ v: 3, data: expected })
     second.store.close()
     dir.remove()
   })
@@ -394,6 +408,7 @@ describe('batches', () => {
     parts.submit({ op: [{ p: ['list', 0], li: 'lost' }] })
     parts.submit({ op: [{ p: ['n'], na: 10 }] })
     parts.queue.submit(
+      { collection: 'record_t' },
       () => {
         throw new Error('the store broke') // not a refusal: the whole batch rolls back
       },
@@ -401,14 +416,14 @@ describe('batches', () => {
     )
     parts.queue.flush()
     expect(parts.outcomes.map((o) => o.code)).toEqual([200, 500, 500])
-    expect(parts.documents.snapshot('record_t', 'doc')).toEqual({
+    expect(parts.snapshot('doc')).toEqual({
       v: 1,
       data: { list: ['kept'], n: 1 },
     })
     parts.submit({ op: [{ p: ['list', 1], li: 'next' }] })
     parts.queue.flush()
     expect(parts.outcomes.at(-1)).toMatchObject({ code: 200, result: { v: 1 } })
-    expect(parts.documents.snapshot('record_t', 'doc').data).toEqual({
+    expect(parts.snapshot('doc').data).toEqual({
       list: ['kept', 'next'],
       n: 1,
     })
@@ -427,9 +442,9 @@ describe('the document cache', () => {
     parts.submit({ document: 'second', create: { data } })
     parts.queue.flush()
     // Changed behind the cache's back: only a document that was dropped shows it.
-    parts.store.sqlite.run(`UPDATE documents SET data = '{"changed":true}'`)
-    expect(parts.documents.snapshot('record_t', 'first').data).toEqual({ changed: true })
-    expect(parts.documents.snapshot('record_t', 'second').data).toEqual(data)
+    parts.store.handle.sqlite.run(`UPDATE documents SET data = '{"changed":true}'`)
+    expect(parts.snapshot('first').data).toEqual({ changed: true })
+    expect(parts.snapshot('second').data).toEqual(data)
     parts.store.close()
     dir.remove()
   })

@@ -36,6 +36,9 @@ export interface NodeBroker {
    * in the stream (an ack must follow every earlier entry), synchronously
    * when nothing earlier is missing.
    */
-  committed(items: readonly Committed[], settle: (item: Committed, recipients: number) => void): void
+  committed(
+    items: readonly Committed[],
+    settle: (item: Committed, recipients: number) => void,
+  ): void
   close(): Promise<void>
 }

@@ -153,6 +153,11 @@ export class StoreHealth {
     return this.lost
   }
 
+  /** Whether a failed write is the store's fault rather than the write's. */
+  isStoreFailure(error: unknown): boolean {
+    return isStoreFailure(error)
+  }
+
   /** Write transactions that failed for the store's sake or were refused for a lost file, since start. */
   get failures(): number {
     return this.failureCount

@@ -71,6 +71,8 @@ export const sessions = sqliteTable(
     client: text('client'),
     userAgent: text('user_agent'),
     remoteAddress: text('remote_address'),
+    /** The process the connection is (or was) on (NODE_ID): a start closes only its own dangling sessions. */
+    nodeId: text('node_id').notNull().default(''),
     connectedAt: integer('connected_at').notNull(),
     /** Written every few seconds for live connections, not on every message. */
     lastSeen: integer('last_seen').notNull(),

@@ -1,8 +1,5 @@
-import type { Statement } from 'bun:sqlite'
-import { and, asc, eq, inArray } from 'drizzle-orm'
-import type { Store } from '../db/database.ts'
-import { documents } from '../db/schema.ts'
-import type { BatchParticipant } from '../streams/commit-queue.ts'
+import type { DocumentRecord, Maybe, Store } from '../store/store.ts'
+import { then } from '../store/store.ts'
 
 /** A document's current state. `type` is 'json0' while we hold its snapshot. */
 export interface DocumentState {
@@ -21,66 +18,95 @@ export interface DocumentState {
   size: number
 }
 
-interface DocumentRow {
-  v: number
-  type: string | null
-  data: string | null
-  deleted: number
-  lastOffset: number | null
-}
-
 const key = (collection: string, id: string) => `${collection}\u0000${id}`
 
+/** A stored record as a cached state (the snapshot parsed). */
+export function toState(record: DocumentRecord): DocumentState {
+  return {
+    collection: record.collection,
+    id: record.id,
+    v: record.v,
+    type: record.type,
+    data: record.data === null ? null : JSON.parse(record.data),
+    deleted: record.deleted,
+    lastOffset: record.lastOffset,
+    size: record.data === null ? 0 : Buffer.byteLength(record.data),
+  }
+}
+
 /**
- * Snapshots and versions, cached in memory and written once per document per
- * batch, just before the batch commits. The cache is bounded by count and by
- * the documents' JSON bytes (a count alone would let 10,000 documents at
- * MAX_DOCUMENT_SIZE hold gigabytes): past either, the documents loaded first
- * are dropped (they reload from the database when next used).
+ * Snapshots and versions as the commit queue sees them: cached in memory and
+ * written once per document per batch, with the batch. The cache is bounded
+ * by count and by the documents' JSON bytes (a count alone would let 10,000
+ * documents at MAX_DOCUMENT_SIZE hold gigabytes): past either, the documents
+ * loaded first are dropped (they reload from the store when next used).
+ * With an asynchronous store the queue loads what a batch needs before its
+ * jobs run (`load`); a synchronous one is read on a miss.
  */
-export class DocumentStore implements BatchParticipant {
+export class DocumentStore {
   private readonly cache = new Map<string, DocumentState>()
   private readonly dirty = new Map<string, DocumentState>()
   /** Sum of the cached documents' `size`. */
   private cachedBytes = 0
-  private readonly selectOne: Statement<DocumentRow>
-  private readonly upsert: Statement
+  /**
+   * Other processes write the store too (cluster mode): outside a batch the
+   * cache may be stale (a batch checks it under the heads' lock), so reads
+   * go to the store.
+   */
+  shared = false
 
   constructor(
     private readonly store: Store,
     private readonly maxCached = 10_000,
     private readonly maxCachedBytes = 128 * 1024 * 1024,
-  ) {
-    this.selectOne = store.sqlite.prepare(
-      'SELECT v, type, data, deleted, last_offset AS lastOffset FROM documents WHERE collection = ? AND id = ?',
-    )
-    this.upsert = store.sqlite.prepare(
-      `INSERT INTO documents (collection, id, v, type, data, deleted, updated_at, last_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-       ON CONFLICT (collection, id) DO UPDATE SET v = excluded.v, type = excluded.type, data = excluded.data,
-       deleted = excluded.deleted, updated_at = excluded.updated_at, last_offset = excluded.last_offset`,
-    )
-  }
+  ) {}
 
   /** The document's state, or undefined when it has never had a version. */
   get(collection: string, id: string): DocumentState | undefined {
-    const k = key(collection, id)
-    const cached = this.cache.get(k)
+    const cached = this.cache.get(key(collection, id))
     if (cached) return cached
-    const row = this.selectOne.get(collection, id)
-    if (!row) return undefined
-    const state: DocumentState = {
-      collection,
-      id,
-      v: row.v,
-      type: row.type === 'json0' ? 'json0' : null,
-      data: row.data === null ? null : JSON.parse(row.data),
-      deleted: row.deleted !== 0,
-      lastOffset: row.lastOffset,
-      size: row.data === null ? 0 : Buffer.byteLength(row.data),
-    }
-    this.cache.set(k, state)
+    const record = this.store.document(collection, id)
+    if (record instanceof Promise)
+      throw new Error(`document ${collection}.${id} read before it was loaded`)
+    return record === undefined ? undefined : this.remember(toState(record))
+  }
+
+  /** Whether the document is cached (an asynchronous store's batch loads the rest first). */
+  has(collection: string, id: string): boolean {
+    return this.cache.has(key(collection, id))
+  }
+
+  /** Caches records read for a batch. */
+  load(records: readonly DocumentRecord[]): void {
+    for (const record of records)
+      if (!this.cache.has(key(record.collection, record.id))) this.remember(toState(record))
+  }
+
+  /** Reads a document outside a batch: from the cache, else from the store (not cached). */
+  read(collection: string, id: string): Maybe<DocumentState | undefined> {
+    const cached = this.shared ? undefined : this.cache.get(key(collection, id))
+    if (cached) return cached
+    return then(this.store.document(collection, id), (record) =>
+      record === undefined ? undefined : toState(record),
+    )
+  }
+
+  /** Drops cached documents another process changed. */
+  evict(collection: string, ids: readonly string[]): void {
+    for (const id of ids) this.forget(key(collection, id))
+  }
+
+  private remember(state: DocumentState): DocumentState {
+    this.cache.set(key(state.collection, state.id), state)
     this.cachedBytes += state.size
     return state
+  }
+
+  private forget(k: string): void {
+    const state = this.cache.get(k)
+    if (!state) return
+    this.cache.delete(k)
+    this.cachedBytes -= state.size
   }
 
   /** Records a new state inside the running batch. */
@@ -92,28 +118,32 @@ export class DocumentStore implements BatchParticipant {
   }
 
   /**
-   * Writes each document changed in the batch once, whole: this is the one
+   * Each document changed in the batch, once, whole: this is the one
    * per-batch cost that follows the document's size (MAX_DOCUMENT_SIZE bounds
    * it). The text written makes the tracked size exact again.
    */
-  beforeCommit(): void {
-    const now = Date.now()
+  plan(): DocumentRecord[] {
+    const records: DocumentRecord[] = []
     for (const state of this.dirty.values()) {
       const text = state.type === null ? null : JSON.stringify(state.data)
       const size = text === null ? 0 : Buffer.byteLength(text)
       this.cachedBytes += size - state.size
       state.size = size
-      this.upsert.run(
-        state.collection,
-        state.id,
-        state.v,
-        state.type,
-        text,
-        state.deleted ? 1 : 0,
-        now,
-        state.lastOffset,
-      )
+      records.push({
+        collection: state.collection,
+        id: state.id,
+        v: state.v,
+        type: state.type,
+        data: text,
+        deleted: state.deleted,
+        lastOffset: state.lastOffset,
+      })
     }
+    return records
+  }
+
+  /** The batch committed: trim the cache to its bounds. */
+  committed(): void {
     this.dirty.clear()
     for (const [k, state] of this.cache) {
       if (this.cache.size <= this.maxCached && this.cachedBytes <= this.maxCachedBytes) break
@@ -130,29 +160,11 @@ export class DocumentStore implements BatchParticipant {
   }
 
   /** Committed documents of a collection (deleted ones left out), by id. */
-  list(collection: string, ids: readonly string[] | undefined, limit: number): DocumentState[] {
-    const rows = this.store.db
-      .select()
-      .from(documents)
-      .where(
-        and(
-          eq(documents.collection, collection),
-          eq(documents.deleted, false),
-          ids === undefined ? undefined : inArray(documents.id, [...ids]),
-        ),
-      )
-      .orderBy(asc(documents.id))
-      .limit(limit)
-      .all()
-    return rows.map((row) => ({
-      collection,
-      id: row.id,
-      v: row.v,
-      type: row.type === 'json0' ? 'json0' : null,
-      data: row.data === null ? null : JSON.parse(row.data),
-      deleted: row.deleted,
-      lastOffset: row.lastOffset,
-      size: row.data === null ? 0 : Buffer.byteLength(row.data),
-    }))
+  list(
+    collection: string,
+    ids: readonly string[] | undefined,
+    limit: number,
+  ): Maybe<DocumentState[]> {
+    return then(this.store.listDocuments(collection, ids, limit), (records) => records.map(toState))
   }
 }

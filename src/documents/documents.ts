@@ -1,4 +1,5 @@
 import { badRequest, ErrorCode, ProtocolError } from '../protocol/errors.ts'
+import { type Maybe, then } from '../store/store.ts'
 import type { Batch, CommitQueue, Settle } from '../streams/commit-queue.ts'
 import type { EntrySource, StreamEntry } from '../streams/entry.ts'
 import type { StreamStore } from '../streams/stream-store.ts'
@@ -36,6 +37,11 @@ export interface SubmitResult {
   duplicate?: boolean
 }
 
+export interface Position {
+  v: number
+  lastOffset: number | null
+}
+
 export interface Snapshot {
   v: number
   data: unknown
@@ -60,6 +66,8 @@ export class Documents {
     private readonly maxOpComponents: number,
     /** Bytes of a snapshot's JSON text (MAX_DOCUMENT_SIZE). */
     private readonly maxDocumentSize: number,
+    /** The collection's last offset delivered on this process (see Streams.delivered). */
+    private readonly head: (collection: string) => Maybe<number>,
   ) {}
 
   /**
@@ -86,7 +94,20 @@ export class Documents {
       settle(error as ProtocolError, undefined)
       return
     }
-    this.queue.submit((batch) => this.write(batch, request, op), settle)
+    const dedupe = request.src !== undefined && request.seq !== undefined
+    this.queue.submit(
+      {
+        collection: request.collection,
+        document: request.document,
+        ...(request.v !== undefined
+          ? { fromV: request.v }
+          : dedupe
+            ? { window: DEDUPE_WINDOW }
+            : {}),
+      },
+      (batch) => this.write(batch, request, op),
+      settle,
+    )
   }
 
   /** `submit` as a promise (REST publishes). */
@@ -213,24 +234,47 @@ export class Documents {
   }
 
   /** The document's current version (0 when it has none yet) and the offset of its latest change. */
-  position(collection: string, document: string): { v: number; lastOffset: number | null } {
-    const state = this.store.get(collection, document)
-    return { v: state?.v ?? 0, lastOffset: state?.lastOffset ?? null }
+  position(collection: string, document: string): Maybe<Position> {
+    return then(this.store.read(collection, document), (state) => ({
+      v: state?.v ?? 0,
+      lastOffset: state?.lastOffset ?? null,
+    }))
   }
 
   /** `{v, data}`, or 404 when the document has never had a version. */
-  snapshot(collection: string, document: string): Snapshot {
-    const state = this.store.get(collection, document)
-    if (!state)
-      throw new ProtocolError(ErrorCode.NotFound, `unknown document ${collection}.${document}`)
-    return { v: state.v, data: state.type === null ? null : state.data }
+  snapshot(collection: string, document: string): Maybe<Snapshot> {
+    return then(this.store.read(collection, document), (state) => {
+      if (!state)
+        throw new ProtocolError(ErrorCode.NotFound, `unknown document ${collection}.${document}`)
+      return { v: state.v, data: state.type === null ? null : state.data }
+    })
   }
 
-  /** The collection's documents (by id, deleted ones left out) and the stream head they match. */
-  list(collection: string, ids: readonly string[] | undefined, limit: number) {
-    const docs = this.store
-      .list(collection, ids, limit)
-      .map((state) => ({ id: state.id, v: state.v, data: state.type === null ? null : state.data }))
-    return { docs, epoch: this.streams.epoch, offset: this.streams.head(collection) }
+  /**
+   * The collection's documents (by id, deleted ones left out) and the stream
+   * position they match: `offset` is read first, so every entry after it is
+   * sent to a subscriber that lists and then follows from there (a document
+   * may already include some of them: a listing client applies by `v`).
+   */
+  list(
+    collection: string,
+    ids: readonly string[] | undefined,
+    limit: number,
+  ): Maybe<{
+    docs: Array<{ id: string; v: number; data: unknown }>
+    epoch: string
+    offset: number
+  }> {
+    return then(this.head(collection), (offset) =>
+      then(this.store.list(collection, ids, limit), (states) => ({
+        docs: states.map((state) => ({
+          id: state.id,
+          v: state.v,
+          data: state.type === null ? null : state.data,
+        })),
+        epoch: this.streams.epoch,
+        offset,
+      })),
+    )
   }
 }

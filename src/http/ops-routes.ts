@@ -3,6 +3,7 @@ import type { Gate } from '../auth/gate.ts'
 import type { Hub } from '../hub/hub.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { Throughput } from '../observability/throughput.ts'
+import type { Readiness } from '../store/store.ts'
 import { adminPage } from './admin-page.ts'
 import { adminGuard } from './api-routes.ts'
 
@@ -12,7 +13,7 @@ export interface OpsParts {
   metrics: Metrics
   throughput: Throughput
   /** Whether the store takes writes and the server is not stopping. */
-  ready(): { ok: true } | { ok: false; reason: string }
+  ready(): Readiness | Promise<Readiness>
 }
 
 /** Health (public), Prometheus metrics and the admin dashboard (guarded like the server API). */
@@ -22,8 +23,8 @@ export function opsRoutes({ hub, gate, metrics, throughput, ready }: OpsParts) {
     .get('/healthz', () => ({ status: 'ok' }), hidden)
     .get(
       '/readyz',
-      () => {
-        const state = ready()
+      async () => {
+        const state = await ready()
         return state.ok
           ? { status: 'ready' }
           : status(503, { status: 'unavailable', reason: state.reason })

@@ -14,6 +14,8 @@ import { encode } from '../protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import type { ClientMessage, MessageOf } from '../protocol/messages.ts'
 import { parseClientMessage } from '../protocol/validate.ts'
+import { isPromise, type Maybe, then } from '../store/store.ts'
+import type { LivePositions } from '../streams/live-position.ts'
 import type { Streams } from '../streams/streams.ts'
 import type { Connection, Socket } from './connection.ts'
 import type { ClientInfo, Hub } from './hub.ts'
@@ -35,6 +37,13 @@ const LOGGED_REFUSALS = new Set<number>([
   ErrorCode.TooLarge,
   ErrorCode.RateLimited,
 ])
+
+const replaying = (channel: string) =>
+  new ProtocolError(
+    ErrorCode.Conflict,
+    `${channel} is still replaying its history; wait for its subscribe reply`,
+    { channel },
+  )
 
 /** Types answered even without an `id`; the rest reply only on failure. */
 const ALWAYS_ANSWERED = new Set(['ping', 'connect', 'disconnect'])
@@ -68,13 +77,23 @@ export class ClientHandler {
     private readonly metrics: Metrics,
     private readonly config: Config,
     private readonly logger: Logger,
+    private readonly positions: LivePositions,
+    /** This process's NODE_ID, told to clients in `connected`. */
+    private readonly nodeId: string,
   ) {
     this.refusals = new LogLimiter(logger, config.logRepeatInterval * 1000)
-    this.replays = new Replays(hub, streams, documents, config.maxSendBuffer, {
-      goLive: (connection, ref, recovered) => this.goLive(connection, ref, recovered),
-      reply: (connection, request, reply) => this.reply(connection, request, reply),
-      fail: (connection, request, error) => this.fail(connection, request, error),
-    })
+    this.replays = new Replays(
+      hub,
+      streams,
+      (collection, document) => positions.position(collection, document),
+      config.maxSendBuffer,
+      {
+        goLive: (connection, ref, recovered, v) => this.goLive(connection, ref, recovered, v),
+        reply: (connection, request, reply) => this.reply(connection, request, reply),
+        fail: (connection, request, error) => this.fail(connection, request, error),
+        abandoned: (ref) => this.streams.unfollow(ref.collection),
+      },
+    )
     this.connectionLog = logger.child({}, { redact: { paths: [], censor: '[redacted]' } })
   }
 
@@ -117,7 +136,11 @@ export class ClientHandler {
 
   close(socket: object, code: number): void {
     const connection = this.hub.unregister(socket)
-    if (connection) this.replays.forget(connection)
+    if (connection) {
+      this.replays.forget(connection)
+      for (const channel of connection.channels)
+        this.streams.unfollow(parseChannel(channel).collection)
+    }
     if (connection)
       this.connectionLog.debug(
         {
@@ -180,7 +203,12 @@ export class ClientHandler {
     }
     try {
       const reply = this.dispatch(connection, message)
-      if (reply) this.reply(connection, message, reply)
+      if (isPromise(reply))
+        reply.then(
+          (later) => later && connection.open && this.reply(connection, message, later),
+          (error: unknown) => connection.open && this.fail(connection, message, error),
+        )
+      else if (reply) this.reply(connection, message, reply)
     } catch (error) {
       this.fail(connection, message, error)
     }
@@ -249,7 +277,7 @@ export class ClientHandler {
   }
 
   /** Returns the reply, or undefined when the handler replies itself later (submit). */
-  private dispatch(connection: Connection, message: ClientMessage): Reply | undefined {
+  private dispatch(connection: Connection, message: ClientMessage): Maybe<Reply | undefined> {
     switch (message.type) {
       case 'connect':
         if (message.data?.client !== undefined && message.data.client !== connection.client) {
@@ -280,6 +308,7 @@ export class ClientHandler {
         if (this.hub.unsubscribe(connection, message)) {
           this.presence.leave(connection, message)
           this.replays.followed(connection, message, false)
+          this.streams.unfollow(message.collection)
         }
         return {
           type: 'unsubscribe',
@@ -309,18 +338,16 @@ export class ClientHandler {
    * the same synchronous step as the last of the backlog, so nothing
    * published meanwhile is lost or doubled.
    */
-  private subscribe(connection: Connection, message: MessageOf<'subscribe'>): Reply | undefined {
+  private subscribe(
+    connection: Connection,
+    message: MessageOf<'subscribe'>,
+  ): Maybe<Reply | undefined> {
     const { collection, document, since } = message
     const channel = channelName(collection, document)
     this.authorize(connection, message, 'read')
-    if (this.replays.has(connection, channel))
-      throw new ProtocolError(
-        ErrorCode.Conflict,
-        `${channel} is still replaying its history; wait for its subscribe reply`,
-        { channel },
-      )
-    const following = connection.channels.size + this.replays.count(connection)
-    if (!connection.channels.has(channel) && following >= this.config.maxSubscriptionsPerConnection)
+    if (this.replays.has(connection, channel)) throw replaying(channel)
+    const held = connection.channels.size + this.replays.count(connection)
+    if (!connection.channels.has(channel) && held >= this.config.maxSubscriptionsPerConnection)
       throw new ProtocolError(
         ErrorCode.RateLimited,
         `at MAX_SUBSCRIPTIONS_PER_CONNECTION (${this.config.maxSubscriptionsPerConnection}); unsubscribe first`,
@@ -337,20 +364,71 @@ export class ClientHandler {
         field: 'since',
       })
     const ref: ChannelRef = document === undefined ? { collection } : { collection, document }
+    // Held until the subscription (or the replay) ends; let go on every other way out.
+    const following = this.streams.follow(collection)
+    // Every failure after the follow lets it go (start's own early returns do so themselves).
+    const failed = (error: unknown): never => {
+      this.streams.unfollow(collection)
+      throw error
+    }
+    const start = (): Maybe<Reply | undefined> => {
+      try {
+        const started = this.start(connection, message, ref)
+        return isPromise(started) ? started.catch(failed) : started
+      } catch (error) {
+        return failed(error)
+      }
+    }
+    return isPromise(following) ? following.then(start) : start()
+  }
+
+  /** The collection is followed here: go live now, or resume from `since`. */
+  private start(
+    connection: Connection,
+    message: MessageOf<'subscribe'>,
+    ref: ChannelRef,
+  ): Maybe<Reply | undefined> {
+    const { collection, document, since } = message
+    const channel = channelName(collection, document)
+    if (!connection.open) {
+      this.streams.unfollow(collection)
+      return undefined
+    }
+    if (this.replays.has(connection, channel)) throw replaying(channel)
     // A channel already followed is receiving live: replaying would double it.
     if (since === undefined || connection.channels.has(channel))
-      return this.goLive(connection, ref, undefined)
+      return this.goLiveAt(connection, ref, undefined)
     const point =
       'epoch' in since
         ? this.streams.resumeCollection(collection, since)
-        : this.streams.resumeDocument(
-            collection,
-            since.v,
-            this.documents.position(collection, document as string),
+        : then(this.positions.position(collection, document as string), (position) =>
+            this.streams.resumeDocument(collection, since.v, position),
           )
-    if (!point.recovered) return this.goLive(connection, ref, false)
-    this.replays.start(connection, message, ref, point.after, 'v' in since ? since.v : undefined)
-    return undefined
+    return then(point, (resume) => {
+      if (!connection.open) {
+        this.streams.unfollow(collection)
+        return undefined
+      }
+      if (this.replays.has(connection, channel)) throw replaying(channel)
+      if (!resume.recovered || connection.channels.has(channel))
+        return this.goLiveAt(connection, ref, resume.recovered ? undefined : false)
+      this.replays.start(connection, message, ref, resume.after, 'v' in since ? since.v : undefined)
+      return undefined
+    })
+  }
+
+  /** Goes live with a document's version read as delivered here (see LivePositions). */
+  private goLiveAt(
+    connection: Connection,
+    ref: ChannelRef,
+    recovered: boolean | undefined,
+  ): Maybe<Reply | undefined> {
+    if (ref.document === undefined) return this.goLive(connection, ref, recovered, undefined)
+    return then(this.positions.position(ref.collection, ref.document), (position) => {
+      if (connection.open) return this.goLive(connection, ref, recovered, position.v)
+      this.streams.unfollow(ref.collection)
+      return undefined
+    })
   }
 
   /** The socket took what was buffered: go on with its history replays. */
@@ -359,30 +437,39 @@ export class ClientHandler {
     if (connection) this.replays.drain(connection)
   }
 
-  /** Joins the channel (and its presence) now; `recovered` answers a `since`. */
-  private goLive(connection: Connection, ref: ChannelRef, recovered: boolean | undefined): Reply {
+  /**
+   * Joins the channel (and its presence) now; `recovered` answers a `since`;
+   * `v` is the document's version as delivered here. The caller's hold on
+   * the collection becomes the subscription's (or is let go when the
+   * connection already had it).
+   */
+  private goLive(
+    connection: Connection,
+    ref: ChannelRef,
+    recovered: boolean | undefined,
+    v: number | undefined,
+  ): Reply {
     const data: Record<string, unknown> = {
       channel: channelName(ref.collection, ref.document),
       epoch: this.streams.epoch,
     }
-    if (ref.document !== undefined) data.v = this.documents.position(ref.collection, ref.document).v
+    if (ref.document !== undefined) data.v = v ?? 0
     if (recovered !== undefined) this.hub.stats.countReplay(recovered)
     if (this.hub.subscribe(connection, ref)) {
       this.presence.join(connection, ref)
       this.replays.followed(connection, ref, true)
-    }
-    data.offset = this.streams.head(ref.collection)
+    } else this.streams.unfollow(ref.collection)
+    data.offset = this.streams.delivered(ref.collection)
     if (recovered !== undefined) data.recovered = recovered
     return { type: 'subscribe', data }
   }
 
-  private query(message: MessageOf<'query'>): Reply {
-    if (message.document !== undefined)
-      return { type: 'query', data: this.documents.snapshot(message.collection, message.document) }
-    return {
-      type: 'query',
-      data: this.documents.list(message.collection, message.data?.ids, message.data?.limit ?? 100),
-    }
+  private query(message: MessageOf<'query'>): Maybe<Reply> {
+    const data =
+      message.document !== undefined
+        ? this.documents.snapshot(message.collection, message.document)
+        : this.documents.list(message.collection, message.data?.ids, message.data?.limit ?? 100)
+    return then(data, (found: unknown) => ({ type: 'query', data: found }))
   }
 
   private submit(connection: Connection, message: MessageOf<'submit'>): void {
@@ -460,6 +547,7 @@ export class ClientHandler {
           this.hub.unsubscribe(connection, ref)
           this.replays.followed(connection, ref, false)
           this.presence.leave(connection, ref)
+          this.streams.unfollow(ref.collection)
           revoked.push(channel)
         }
         for (const channel of this.replays.channels(connection)) {
@@ -482,6 +570,7 @@ export class ClientHandler {
       connection_id: connection.id,
       user_id: connection.userId,
       session_id: connection.sessionId,
+      node_id: this.nodeId,
       heartbeat_interval: this.config.heartbeatInterval,
       server_time: new Date().toISOString(),
     }

@@ -1,8 +1,9 @@
-import type { Documents } from '../documents/documents.ts'
+import type { Position } from '../documents/documents.ts'
 import { type ChannelRef, channelName } from '../protocol/channels.ts'
 import { encode } from '../protocol/envelope.ts'
 import type { ProtocolError } from '../protocol/errors.ts'
 import type { MessageOf } from '../protocol/messages.ts'
+import { isPromise, type Maybe, then } from '../store/store.ts'
 import { entryMessage, type StreamEntry } from '../streams/entry.ts'
 import type { Streams } from '../streams/streams.ts'
 import type { Connection } from './connection.ts'
@@ -33,6 +34,8 @@ interface Replay {
   readonly live: LiveRange[]
   /** The connection's own ops not reached yet, by offset: their acks are sent in their place. */
   readonly acks: Map<number, () => void>
+  /** A store read is in flight (asynchronous stores): the pump goes on when it is back. */
+  reading: boolean
 }
 
 /** What a replay needs from the socket handler. */
@@ -42,6 +45,7 @@ export interface ReplayOwner {
     connection: Connection,
     ref: ChannelRef,
     recovered: boolean,
+    v: number | undefined,
   ): { type: string; data: unknown }
   reply(
     connection: Connection,
@@ -49,6 +53,8 @@ export interface ReplayOwner {
     reply: { type: string; data: unknown },
   ): void
   fail(connection: Connection, request: MessageOf<'subscribe'>, error: unknown): void
+  /** The replay ended without going live: its hold on the collection is let go. */
+  abandoned(ref: ChannelRef): void
 }
 
 /**
@@ -68,7 +74,8 @@ export class Replays {
   constructor(
     private readonly hub: Hub,
     private readonly streams: Streams,
-    private readonly documents: Documents,
+    /** A document's version and latest change, as delivered on this process. */
+    private readonly position: (collection: string, document: string) => Maybe<Position>,
     maxSendBuffer: number,
     private readonly owner: ReplayOwner,
   ) {
@@ -106,9 +113,10 @@ export class Replays {
       progressAt: performance.now(),
       live: [],
       acks: new Map(),
+      reading: false,
     }
     // Entries another live subscription carries from now on are not sent twice.
-    const head = this.streams.head(ref.collection)
+    const head = this.streams.delivered(ref.collection)
     for (const other of connection.channels)
       if (overlaps(ref, other)) replay.live.push({ channel: other, from: head, to: Infinity })
     let replays = this.active.get(connection)
@@ -134,12 +142,16 @@ export class Replays {
     const replay = this.active.get(connection)?.get(channel)
     if (!replay) return
     this.remove(connection, replay)
+    this.owner.abandoned(replay.ref)
     this.owner.fail(connection, replay.request, error)
   }
 
-  /** The connection closed. */
+  /** The connection closed: its replays' holds are let go. */
   forget(connection: Connection): void {
+    const replays = this.active.get(connection)
+    if (!replays) return
     this.active.delete(connection)
+    for (const replay of replays.values()) this.owner.abandoned(replay.ref)
   }
 
   /** Whether a replay of the connection has taken nothing since `since` (performance.now()). */
@@ -160,7 +172,7 @@ export class Replays {
     const replays = this.active.get(connection)
     if (!replays) return
     const channel = channelName(ref.collection, ref.document)
-    const head = this.streams.head(ref.collection)
+    const head = this.streams.delivered(ref.collection)
     for (const replay of replays.values()) {
       if (!overlaps(replay.ref, channel)) continue
       if (on) replay.live.push({ channel, from: head, to: Infinity })
@@ -195,26 +207,63 @@ export class Replays {
   }
 
   private pump(connection: Connection, replay: Replay): void {
-    const { socket } = connection
-    try {
-      while (connection.open && this.active.get(connection)?.get(replay.channel) === replay) {
-        if (socket.getBufferedAmount() >= this.highWater) return
-        const entries = this.streams.readAfter(replay.ref, replay.cursor, PAGE)
-        const pruned = this.prunedBehind(replay, entries)
-        if (pruned || entries.length === 0) {
-          this.finish(connection, replay, !pruned)
-          return
-        }
-        for (const entry of entries) {
-          this.send(connection, replay, entry)
-          if (socket.getBufferedAmount() >= this.highWater) break
-        }
-        replay.progressAt = performance.now()
-      }
-    } catch (error) {
+    if (replay.reading) return
+    const failed = (error: unknown) => {
+      replay.reading = false
+      if (!this.isActive(connection, replay)) return
       this.remove(connection, replay)
+      this.owner.abandoned(replay.ref)
       this.owner.fail(connection, replay.request, error)
     }
+    try {
+      const running = this.run(connection, replay)
+      if (isPromise(running)) {
+        replay.reading = true
+        running.then(() => {
+          replay.reading = false
+        }, failed)
+      }
+    } catch (error) {
+      failed(error)
+    }
+  }
+
+  private isActive(connection: Connection, replay: Replay): boolean {
+    return connection.open && this.active.get(connection)?.get(replay.channel) === replay
+  }
+
+  /** Pages through the backlog while the socket takes it; asynchronous where the store is. */
+  private run(connection: Connection, replay: Replay): Maybe<void> {
+    while (this.isActive(connection, replay)) {
+      if (connection.socket.getBufferedAmount() >= this.highWater) return
+      const read = this.streams.readAfter(replay.ref, replay.cursor, PAGE)
+      const next = isPromise(read)
+        ? read.then((entries) => this.step(connection, replay, entries))
+        : this.step(connection, replay, read)
+      if (isPromise(next))
+        return next.then((more) => (more ? this.run(connection, replay) : undefined))
+      if (!next) return
+    }
+  }
+
+  /** Sends a page; false when the replay is over (live, cut short or gone). */
+  private step(connection: Connection, replay: Replay, entries: StreamEntry[]): Maybe<boolean> {
+    if (!this.isActive(connection, replay)) return false
+    return then(this.prunedBehind(replay, entries), (pruned) => {
+      if (!this.isActive(connection, replay)) return false
+      if (pruned) return then(this.finish(connection, replay, false), () => false)
+      if (entries.length === 0) {
+        // Read asynchronously: more may have been delivered meanwhile.
+        if (replay.cursor < this.streams.delivered(replay.ref.collection)) return true
+        return then(this.finish(connection, replay, true), () => false)
+      }
+      for (const entry of entries) {
+        this.send(connection, replay, entry)
+        if (connection.socket.getBufferedAmount() >= this.highWater) break
+      }
+      replay.progressAt = performance.now()
+      return true
+    })
   }
 
   private send(connection: Connection, replay: Replay, entry: StreamEntry): void {
@@ -252,22 +301,33 @@ export class Replays {
    * version expected next (its channel messages are kept as its collection's
    * are: a document quiet for longer than the retention still resumes).
    */
-  private prunedBehind(replay: Replay, next: readonly StreamEntry[]): boolean {
+  private prunedBehind(replay: Replay, next: readonly StreamEntry[]): Maybe<boolean> {
     const { collection, document } = replay.ref
     if (document === undefined || replay.nextV === undefined)
-      return !this.streams.heldAfter(collection, replay.cursor)
+      return then(this.streams.heldAfter(collection, replay.cursor), (held) => !held)
     const op = next.find((entry) => entry.kind !== 'message')
     if (op) return op.v !== replay.nextV
-    return next.length === 0 && this.documents.position(collection, document).v !== replay.nextV
+    if (next.length > 0) return false
+    return then(this.position(collection, document), (position) => position.v !== replay.nextV)
   }
 
-  private finish(connection: Connection, replay: Replay, recovered: boolean): void {
+  /**
+   * Goes live. A document replay that reached the end knows the version as
+   * delivered here (`nextV`); one cut short reads it (the client reloads anyway).
+   */
+  private finish(connection: Connection, replay: Replay, recovered: boolean): Maybe<void> {
     this.remove(connection, replay)
-    this.owner.reply(
-      connection,
-      replay.request,
-      this.owner.goLive(connection, replay.ref, recovered),
-    )
+    const { ref } = replay
+    const live = (v: number | undefined) => {
+      if (!connection.open) {
+        this.owner.abandoned(ref)
+        return
+      }
+      this.owner.reply(connection, replay.request, this.owner.goLive(connection, ref, recovered, v))
+    }
+    if (ref.document === undefined) return live(undefined)
+    if (recovered && replay.nextV !== undefined) return live(replay.nextV)
+    return then(this.position(ref.collection, ref.document), (position) => live(position.v))
   }
 
   /** Forgets the replay; acks it held (when cut short) go out in offset order. */

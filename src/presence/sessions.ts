@@ -1,13 +1,17 @@
-import type { Statement } from 'bun:sqlite'
-import { desc, eq } from 'drizzle-orm'
-import type { Store } from '../db/database.ts'
-import { sessions } from '../db/schema.ts'
 import type { Connection } from '../hub/connection.ts'
 import type { ConnectionListener } from '../hub/hub.ts'
 import type { Logger } from '../observability/logger.ts'
 import type { EndReason } from '../protocol/close.ts'
+import {
+  isPromise,
+  type Maybe,
+  type SessionBackend,
+  type SessionRecord,
+  type SessionWrite,
+  then,
+} from '../store/store.ts'
 
-export type SessionRow = typeof sessions.$inferSelect
+export type SessionRow = SessionRecord
 
 /** How often queued session writes are committed. */
 const FLUSH_MS = 1000
@@ -35,116 +39,121 @@ export interface SessionLimits {
  * after every flush), so connection churn cannot grow the file without end.
  */
 export class SessionStore implements ConnectionListener {
-  private queue: Array<() => void> = []
+  private queue: SessionWrite[] = []
   private timers: Array<ReturnType<typeof setInterval>> = []
-  private readonly insert: Statement
-  private readonly end: Statement
-  private readonly name: Statement
-  private readonly touch: Statement
-  private readonly deleteEnded: Statement
-  private readonly deleteOldest: Statement
+  /** A flush in flight (asynchronous stores): the next one waits for it. */
+  private flushing: Promise<void> | undefined
   /** Rows in the table, counted once at start and kept up to date by every write. */
-  private rows: number
+  private rows = 0
 
   constructor(
-    private readonly store: Store,
+    private readonly backend: SessionBackend,
     private readonly limits: SessionLimits,
     private readonly live: () => Iterable<Connection>,
     private readonly logger: Logger,
+    /** This process's NODE_ID, recorded with each session. */
+    private readonly nodeId: string,
+    /** Whether this process runs the pruning now (one process of a cluster does). */
+    private readonly prunes: () => boolean = () => true,
   ) {
-    const { sqlite } = store
-    this.insert = sqlite.prepare(
-      'INSERT OR REPLACE INTO sessions (connection_id, user_id, session_id, user_agent, remote_address, connected_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)',
-    )
-    this.end = sqlite.prepare(
-      'UPDATE sessions SET ended_at = ?, end_reason = ?, last_seen = ? WHERE connection_id = ?',
-    )
-    this.name = sqlite.prepare('UPDATE sessions SET client = ? WHERE connection_id = ?')
-    this.touch = sqlite.prepare('UPDATE sessions SET last_seen = ? WHERE connection_id = ?')
-    // Both walk the ended_at index from the oldest end, a chunk at a time.
-    this.deleteEnded = sqlite.prepare(
-      'DELETE FROM sessions WHERE connection_id IN (SELECT connection_id FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ? ORDER BY ended_at LIMIT ?)',
-    )
-    this.deleteOldest = sqlite.prepare(
-      'DELETE FROM sessions WHERE connection_id IN (SELECT connection_id FROM sessions WHERE ended_at IS NOT NULL ORDER BY ended_at LIMIT ?)',
-    )
-    this.rows = (sqlite.query('SELECT count(*) AS n FROM sessions').get() as { n: number }).n
+    const rows = backend.count()
+    if (isPromise(rows)) rows.then((n) => (this.rows += n)).catch(() => {})
+    else this.rows = rows
   }
 
-  /** At start: sessions a crash left open are closed as `server_restart`, at their last_seen. */
-  closeDangling(): number {
-    return this.store.sqlite
-      .prepare(
-        "UPDATE sessions SET ended_at = last_seen, end_reason = 'server_restart' WHERE ended_at IS NULL",
-      )
-      .run().changes
+  /**
+   * At start: this node's sessions that a crash left open are closed as
+   * `server_restart`, at their last_seen (other processes' live sessions are
+   * theirs; a lost process's are ended by the survivors).
+   */
+  closeDangling(): Maybe<number> {
+    return this.backend.closeNode(this.nodeId, 'server_restart')
   }
 
   start(): void {
     this.timers = [
-      setInterval(() => this.flush(), FLUSH_MS),
+      setInterval(() => void this.flush(), FLUSH_MS),
       setInterval(() => this.touchLive(), TOUCH_MS),
-      setInterval(() => this.prune(Date.now() - this.limits.retentionMs), PRUNE_MS),
+      setInterval(() => void this.prune(Date.now() - this.limits.retentionMs), PRUNE_MS),
     ]
-    this.prune(Date.now() - this.limits.retentionMs)
+    void this.prune(Date.now() - this.limits.retentionMs)
   }
 
-  stop(): void {
+  async stop(): Promise<void> {
     for (const timer of this.timers) clearInterval(timer)
-    this.flush()
+    await this.flush()
   }
 
   onOpen(connection: Connection): void {
-    const { id, userId, sessionId, userAgent, remoteAddress, connectedAt } = connection
-    this.queue.push(() => {
-      this.insert.run(id, userId, sessionId, userAgent, remoteAddress, connectedAt, connectedAt)
-      this.rows++
+    const { id, userId, sessionId, userAgent, remoteAddress, connectedAt, client } = connection
+    this.queue.push({
+      kind: 'open',
+      record: {
+        connectionId: id,
+        userId,
+        sessionId,
+        client: client ?? null,
+        userAgent,
+        remoteAddress,
+        nodeId: this.nodeId,
+        connectedAt,
+        lastSeen: connectedAt,
+        endedAt: null,
+        endReason: null,
+      },
     })
+    this.rows++
   }
 
   onClose(connection: Connection, reason: EndReason): void {
     const { id, lastSeen } = connection
-    const endedAt = Date.now()
-    this.queue.push(() => this.end.run(endedAt, reason, lastSeen, id))
+    this.queue.push({ kind: 'end', connectionId: id, endedAt: Date.now(), reason, lastSeen })
   }
 
   /** The client named itself in `connect`. */
   named(connection: Connection): void {
-    const { id, client } = connection
-    this.queue.push(() => this.name.run(client ?? null, id))
+    this.queue.push({
+      kind: 'name',
+      connectionId: connection.id,
+      client: connection.client ?? null,
+    })
   }
 
   /** Commits queued writes in one transaction, then holds the table to SESSION_MAX_ROWS. */
-  flush(): void {
-    if (this.queue.length === 0) return
+  flush(): Promise<void> {
+    if (this.flushing) return this.flushing.then(() => this.flush())
+    if (this.queue.length === 0) return Promise.resolve()
     const queue = this.queue
     this.queue = []
-    const rowsBefore = this.rows
-    const { health } = this.store
-    // Not into a deleted or replaced file (logged by the health check): the next start would not see them.
-    if (health.fileProblem() !== undefined) {
-      health.refused()
-      return
-    }
-    try {
-      this.store.sqlite.transaction(() => {
-        for (const write of queue) write()
-      })()
-      health.succeeded()
-    } catch (error) {
-      this.rows = rowsBefore // rolled back
-      health.failed(error) // counts for readiness like any other write
+    const failed = (error: unknown) =>
+      // Counted for readiness by the store; the writes are dropped (sessions are a record, not data).
       this.logger.error({ err: error, writes: queue.length }, 'session writes failed')
+    let applied: Maybe<void>
+    try {
+      applied = this.backend.apply(queue)
+    } catch (error) {
+      failed(error)
+      return Promise.resolve()
     }
-    if (this.rows > this.limits.maxRows) this.pruneToCap()
+    const capped = () => {
+      if (this.rows > this.limits.maxRows && this.prunes()) return this.pruneToCap()
+    }
+    if (!isPromise(applied)) {
+      const pruned = capped()
+      return isPromise(pruned) ? pruned : Promise.resolve()
+    }
+    this.flushing = applied.then(capped, failed).finally(() => {
+      this.flushing = undefined
+    })
+    return this.flushing
   }
 
   /** Deletes the sessions that ended first until the table is back at SESSION_MAX_ROWS. */
-  private pruneToCap(): void {
+  private async pruneToCap(): Promise<void> {
     let budget = Math.min(this.rows - this.limits.maxRows, PRUNE_PER_FLUSH)
     try {
       while (budget > 0) {
-        const deleted = this.deleteOldest.run(Math.min(budget, PRUNE_CHUNK)).changes
+        const deleted = await this.backend.pruneOldest(Math.min(budget, PRUNE_CHUNK))
         this.rows -= deleted
         budget -= deleted
         if (deleted === 0) break // only live sessions are left
@@ -158,20 +167,21 @@ export class SessionStore implements ConnectionListener {
     for (const connection of this.live()) {
       const { id, lastSeen } = connection
       if (!connection.open || lastSeen <= connection.lastSeenStored) continue
-      this.queue.push(() => this.touch.run(lastSeen, id))
+      this.queue.push({ kind: 'touch', connectionId: id, lastSeen })
       connection.lastSeenStored = lastSeen
     }
-    this.flush()
+    void this.flush()
   }
 
   /** Drops ended sessions that ended before `before` (ms), a chunk at a time. */
-  prune(before: number): number {
-    this.flush()
+  async prune(before: number): Promise<number> {
+    await this.flush()
+    if (!this.prunes()) return 0
     let total = 0
     // Runs from a timer: a store failure is logged (and seen by readiness), never thrown.
     try {
       for (;;) {
-        const deleted = this.deleteEnded.run(before, PRUNE_CHUNK).changes
+        const deleted = await this.backend.pruneEnded(before, PRUNE_CHUNK)
         total += deleted
         this.rows -= deleted
         if (deleted < PRUNE_CHUNK) break
@@ -183,14 +193,7 @@ export class SessionStore implements ConnectionListener {
   }
 
   /** A user's sessions, newest first, as stored (pending writes committed first). */
-  list(userId: string, limit: number): SessionRow[] {
-    this.flush()
-    return this.store.db
-      .select()
-      .from(sessions)
-      .where(eq(sessions.userId, userId))
-      .orderBy(desc(sessions.connectedAt))
-      .limit(limit)
-      .all()
+  list(userId: string, limit: number): Promise<SessionRow[]> {
+    return this.flush().then(() => then(this.backend.list(userId, limit), (rows) => rows))
   }
 }

@@ -92,6 +92,9 @@ export interface SessionRecord {
   endReason: string | null
 }
 
+/** How a session ended: as its connection did, or closed by the store's owner (a restart, a lost node). */
+export type SessionEndReason = EndReason | 'server_restart' | 'node_lost'
+
 /** Session writes, queued and committed together (see presence/sessions.ts). */
 export type SessionWrite =
   | { kind: 'open'; record: SessionRecord }
@@ -106,7 +109,7 @@ export interface SessionBackend {
    * Ends the sessions of `nodeId` still open (a crash left them), at their
    * last_seen, with `reason`; returns how many.
    */
-  closeNode(nodeId: string, reason: EndReason): Maybe<number>
+  closeNode(nodeId: string, reason: SessionEndReason): Maybe<number>
   /** Deletes up to `limit` sessions that ended before `before` (ms); returns how many. */
   pruneEnded(before: number, limit: number): Maybe<number>
   /** Deletes up to `limit` of the sessions that ended first; returns how many. */
@@ -182,6 +185,8 @@ export interface Store {
    * answered 503, retry later) rather than the write's (a bug: 500).
    */
   isUnavailable(error: unknown): boolean
+  /** For metrics: write transactions failed for the store's sake since start, and whether writes work now. */
+  readonly health: { readonly failures: number; readonly writable: boolean }
   /** Readiness: can the store take writes now? Probes it after a failure. */
   check(): Maybe<Readiness>
   close(): Maybe<void>

@@ -1,17 +1,13 @@
-import type { Store, StoreHealth } from '../db/database.ts'
+import type { Committed, NodeBroker } from '../broker/broker.ts'
+import type { DocumentStore } from '../documents/document-store.ts'
 import type { Logger } from '../observability/logger.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
+import { isPromise, type Maybe, type Store, type WriteTransaction } from '../store/store.ts'
 import type { StreamEntry } from './entry.ts'
 import type { NewEntry, StreamStore } from './stream-store.ts'
 
-/** Holds state written during a batch: flushed before commit, dropped on rollback. */
-export interface BatchParticipant {
-  beforeCommit(): void
-  rollback(): void
-}
-
-/** An entry appended in the running batch; `delivered` is set once it is fanned out. */
-export interface Appended {
+/** An entry appended in the running batch; `delivered` is set once it is fanned out here. */
+export interface Appended extends Committed {
   readonly entry: StreamEntry
   readonly exclude: readonly string[] | undefined
   delivered: number
@@ -22,13 +18,23 @@ export interface Batch {
   append(entry: NewEntry, exclude?: readonly string[]): Appended
 }
 
-/** Sends a committed entry to its subscribers (except `exclude`, connection ids); returns recipients. */
-export type Fanout = (entry: StreamEntry, exclude: readonly string[] | undefined) => number
-
-/** Told the outcome synchronously, right after the job's own entries were fanned out. */
+/** Told the outcome right after the job's own entries were fanned out here. */
 export type Settle<T> = (error: ProtocolError | undefined, value: T | undefined) => void
 
+/**
+ * What a job reads, so that an asynchronous store's batch can load it
+ * before the jobs run: the collection it appends to, and a document with
+ * its changes from version `fromV` (or its last `window` changes).
+ */
+export interface Needs {
+  collection: string
+  document?: string
+  fromV?: number
+  window?: number
+}
+
 interface Job {
+  needs: Needs
   run(batch: Batch): unknown
   settle: Settle<unknown>
   /** performance.now() when queued. */
@@ -41,75 +47,79 @@ export interface CommitObserver {
   fannedOut(secondsSinceQueued: number): void
 }
 
+type Outcome = { value?: unknown; error?: ProtocolError; appendedUpTo: number }
+
 /**
- * Group commit. Every job queued in one event-loop turn runs, in order, inside
- * one SQLite transaction (jobs are synchronous: nothing is awaited inside it);
- * after COMMIT each job's entries are fanned out and the job is settled, job
- * by job in offset order, so a submitter's ack sits in the same place in its
- * stream as the op does in everyone else's. Nothing is acknowledged or sent
- * before it is durable.
+ * Group commit. Every job queued while no batch is being written runs, in
+ * order, inside one store transaction (jobs are synchronous: nothing is
+ * awaited inside one); after COMMIT each job's entries are fanned out and
+ * the job is settled, in offset order, so a submitter's ack sits in the same
+ * place in its stream as the op does in everyone else's. Nothing is
+ * acknowledged or sent before it is durable.
+ *
+ * SQLite answers synchronously: a batch is one event-loop turn. PostgreSQL
+ * does not: one batch is in flight at a time; it first locks the heads of
+ * the collections it writes (no other process commits to them until it
+ * ends), drops cached documents another process changed since, loads what
+ * its jobs read, runs them, and writes the plan. Jobs queued meanwhile form
+ * the next batch.
  *
  * A job refusing with a ProtocolError before it appended anything is refused
  * alone; any other failure rolls the whole batch back and answers every job:
- * 503 when the store failed (disk, file, lock: nothing stored, retry later),
- * 500 when the write itself did. While the database file is deleted or
- * replaced, batches are refused with 503 before anything runs: an ack would
- * promise a write into a file the next start will not see.
+ * 503 when the store failed (unreachable, disk, file, lock: nothing stored,
+ * retry later), 500 when the write itself did.
  */
 export class CommitQueue {
   private jobs: Job[] = []
   private scheduled = false
-  private readonly participants: BatchParticipant[]
-  private readonly sqlite: Store['sqlite']
-  private readonly health: StoreHealth
+  private inFlight: Promise<void> | undefined
 
   constructor(
-    store: Pick<Store, 'sqlite' | 'health'>,
+    private readonly store: Store,
     private readonly streams: StreamStore,
-    private readonly fanout: Fanout,
+    private readonly documents: DocumentStore,
+    private readonly broker: NodeBroker,
     private readonly logger: Logger,
-    participants: BatchParticipant[],
     private readonly observer: CommitObserver,
-  ) {
-    this.sqlite = store.sqlite
-    this.health = store.health
-    this.participants = [
-      ...participants,
-      { beforeCommit: () => streams.flushHeads(), rollback: () => streams.resetCache() },
-    ]
-  }
+  ) {}
 
-  submit<T>(job: (batch: Batch) => T, settle: Settle<T>): void {
-    this.jobs.push({ run: job, settle: settle as Settle<unknown>, queuedAt: performance.now() })
-    if (!this.scheduled) {
+  submit<T>(needs: Needs, job: (batch: Batch) => T, settle: Settle<T>): void {
+    this.jobs.push({
+      needs,
+      run: job,
+      settle: settle as Settle<unknown>,
+      queuedAt: performance.now(),
+    })
+    if (!this.scheduled && this.inFlight === undefined) {
       this.scheduled = true
       setImmediate(() => this.flush())
     }
   }
 
   /** `submit` as a promise, for callers with no ordering to keep (REST). */
-  run<T>(job: (batch: Batch) => T): Promise<T> {
+  run<T>(needs: Needs, job: (batch: Batch) => T): Promise<T> {
     return new Promise<T>((resolve, reject) =>
-      this.submit(job, (error, value) => (error ? reject(error) : resolve(value as T))),
+      this.submit(needs, job, (error, value) => (error ? reject(error) : resolve(value as T))),
     )
   }
 
-  /** Commits whatever is queued now (also used at shutdown). */
-  flush(): void {
+  /** Commits whatever is queued now; resolves when it is (also used at shutdown). */
+  flush(): Promise<void> {
     this.scheduled = false
+    if (this.inFlight) return this.inFlight.then(() => this.flush())
     const jobs = this.jobs
-    if (jobs.length === 0) return
+    if (jobs.length === 0) return Promise.resolve()
     this.jobs = []
-    const lost = this.health.fileProblem()
-    if (lost !== undefined) {
-      this.health.refused()
-      const refusal = new ProtocolError(
-        ErrorCode.Unavailable,
-        'store unavailable: the database file was deleted or replaced; this server must be restarted',
-      )
-      for (const job of jobs) this.settle(job, refusal, undefined)
-      return
-    }
+    const done = this.commit(jobs)
+    if (!isPromise(done)) return Promise.resolve()
+    this.inFlight = done.finally(() => {
+      this.inFlight = undefined
+      if (this.jobs.length > 0) void this.flush()
+    })
+    return this.inFlight
+  }
+
+  private commit(jobs: Job[]): Maybe<void> {
     const appended: Appended[] = []
     const batch: Batch = {
       append: (entry, exclude) => {
@@ -118,54 +128,145 @@ export class CommitQueue {
         return item
       },
     }
-    type Outcome = { value?: unknown; error?: ProtocolError; appendedUpTo: number }
-    const outcomes: Outcome[] = []
     const started = performance.now()
-    try {
-      this.sqlite.transaction(() => {
-        for (const job of jobs) {
-          const before = appended.length
-          try {
-            const value = job.run(batch)
-            outcomes.push({ value, appendedUpTo: appended.length })
-          } catch (error) {
-            if (!(error instanceof ProtocolError) || appended.length !== before) throw error
-            outcomes.push({ error, appendedUpTo: before })
-          }
-        }
-        for (const participant of this.participants) participant.beforeCommit()
-      })()
-    } catch (error) {
-      for (const participant of this.participants) participant.rollback()
+    let outcomes: Outcome[] = []
+    const failed = (error: unknown) => {
+      this.streams.rollback()
+      this.documents.rollback()
       this.logger.error({ err: error, jobs: jobs.length }, 'commit failed; batch rolled back')
-      const failure = this.health.failed(error)
+      const failure = this.store.isUnavailable(error)
         ? new ProtocolError(
             ErrorCode.Unavailable,
-            'store unavailable: this write was not stored; retry later',
+            error instanceof Error && error.name === 'FileLostError'
+              ? 'store unavailable: the database file was deleted or replaced; this server must be restarted'
+              : 'store unavailable: this write was not stored; retry later',
           )
         : new ProtocolError(ErrorCode.Internal, 'the store could not commit this write')
       for (const job of jobs) this.settle(job, failure, undefined)
+    }
+    const succeeded = () => {
+      this.streams.committed()
+      this.documents.committed()
+      this.observer.committed((performance.now() - started) / 1000, appended.length)
+      this.fanOut(jobs, outcomes, appended)
+    }
+    let result: Maybe<void>
+    try {
+      result = this.store.transaction((tx) => {
+        const loaded = this.prepare(tx, jobs)
+        const write = () => {
+          outcomes = this.runJobs(jobs, batch, appended)
+          return tx.write({ ...this.streams.plan(), documents: this.documents.plan() })
+        }
+        return isPromise(loaded) ? loaded.then(write) : write()
+      })
+    } catch (error) {
+      failed(error)
       return
     }
-    // A batch of refusals wrote nothing: it says nothing about the disk.
-    if (appended.length > 0) this.health.succeeded()
-    this.observer.committed((performance.now() - started) / 1000, appended.length)
-    let next = 0
-    jobs.forEach((job, i) => {
-      const outcome = outcomes[i] as Outcome
-      for (; next < outcome.appendedUpTo; next++) {
-        this.publish(appended[next] as Appended)
-        this.observer.fannedOut((performance.now() - job.queuedAt) / 1000)
-      }
-      this.settle(job, outcome.error, outcome.value)
-    })
+    if (!isPromise(result)) return succeeded()
+    return result.then(succeeded, failed)
   }
 
-  private publish(item: Appended): void {
+  /**
+   * Synchronous store: chain reads go to its transaction as jobs need them.
+   * Asynchronous store: lock the batch's heads, drop cached documents other
+   * processes changed since, load the documents and chains the jobs read.
+   */
+  private prepare(tx: WriteTransaction, jobs: readonly Job[]): Maybe<void> {
+    if (this.store.kind === 'sqlite') {
+      this.streams.begin(tx)
+      return
+    }
+    this.streams.begin(undefined)
+    return this.load(tx, jobs)
+  }
+
+  private async load(tx: WriteTransaction, jobs: readonly Job[]): Promise<void> {
+    const collections = [...new Set(jobs.map((job) => job.needs.collection))].sort()
+    const heads = await tx.lockHeads(collections)
+    for (const collection of collections) {
+      const head = heads.get(collection) ?? 0
+      const cached = this.streams.cachedHead(collection)
+      if (cached !== undefined && cached !== head) {
+        const changed = await tx.changedDocuments(
+          collection,
+          Math.min(cached, head),
+          Math.max(cached, head),
+        )
+        this.documents.evict(collection, changed)
+      }
+      this.streams.setHead(collection, head)
+    }
+    const wanted = new Map<string, { collection: string; id: string }>()
+    for (const { needs } of jobs)
+      if (needs.document !== undefined && !this.documents.has(needs.collection, needs.document))
+        wanted.set(`${needs.collection}\u0000${needs.document}`, {
+          collection: needs.collection,
+          id: needs.document,
+        })
+    if (wanted.size > 0) this.documents.load(await tx.documents([...wanted.values()]))
+    for (const { needs } of jobs) {
+      if (needs.document === undefined) continue
+      if (needs.fromV === undefined && needs.window === undefined) continue
+      const state = this.documents.has(needs.collection, needs.document)
+        ? this.documents.get(needs.collection, needs.document)
+        : undefined
+      if (!state) continue
+      const fromV = needs.fromV ?? Math.max(0, state.v - (needs.window ?? 0))
+      if (fromV < state.v)
+        this.streams.prefetch(await tx.changesBack(needs.collection, state.lastOffset, fromV))
+    }
+  }
+
+  private runJobs(jobs: readonly Job[], batch: Batch, appended: Appended[]): Outcome[] {
+    const outcomes: Outcome[] = []
+    for (const job of jobs) {
+      const before = appended.length
+      try {
+        const value = job.run(batch)
+        outcomes.push({ value, appendedUpTo: appended.length })
+      } catch (error) {
+        if (!(error instanceof ProtocolError) || appended.length !== before) throw error
+        outcomes.push({ error, appendedUpTo: before })
+      }
+    }
+    return outcomes
+  }
+
+  /**
+   * Hands the entries to the broker; each job settles once the last entry
+   * before or of it is delivered here (a job that appended nothing settles
+   * in its place too, right after the entries of the jobs before it).
+   */
+  private fanOut(jobs: readonly Job[], outcomes: readonly Outcome[], appended: Appended[]): void {
+    const after: Array<Array<() => void>> = appended.map(() => [])
+    const first: Array<() => void> = []
+    jobs.forEach((job, i) => {
+      const outcome = outcomes[i] as Outcome
+      const settle = () => this.settle(job, outcome.error, outcome.value)
+      if (outcome.appendedUpTo === 0) first.push(settle)
+      else after[outcome.appendedUpTo - 1]?.push(settle)
+    })
+    for (const settle of first) settle()
+    if (appended.length === 0) return
+    const index = new Map<Committed, number>(appended.map((item, i) => [item, i]))
+    const queuedAt = new Map<number, number>()
+    jobs.forEach((job, i) => {
+      const outcome = outcomes[i] as Outcome
+      queuedAt.set(outcome.appendedUpTo - 1, job.queuedAt)
+    })
     try {
-      item.delivered = this.fanout(item.entry, item.exclude)
+      this.broker.committed(appended, (item, recipients) => {
+        const i = index.get(item)
+        if (i === undefined) return
+        ;(item as Appended).delivered = recipients
+        const since = queuedAt.get(i)
+        if (since !== undefined) this.observer.fannedOut((performance.now() - since) / 1000)
+        for (const settle of after[i] ?? []) settle()
+      })
     } catch (error) {
-      this.logger.error({ err: error, collection: item.entry.collection }, 'fan-out failed')
+      this.logger.error({ err: error }, 'fan-out failed')
     }
   }
 

@@ -1,4 +1,5 @@
 import type { Logger } from '../observability/logger.ts'
+import type { Store } from '../store/store.ts'
 import type { StreamStore } from './stream-store.ts'
 
 /** Rows deleted per statement: small enough that a pass never stalls publishes for long. */
@@ -16,11 +17,14 @@ export class Retention {
   private stopped = false
 
   constructor(
-    private readonly store: StreamStore,
+    private readonly store: Store,
+    private readonly cache: StreamStore,
     private readonly maxPerCollection: number,
     private readonly ttlMs: number,
     private readonly intervalMs: number,
     private readonly logger: Logger,
+    /** Whether this process prunes now (in a cluster, the lease holder alone does). */
+    private readonly prunes: () => boolean = () => true,
   ) {}
 
   start(): void {
@@ -36,22 +40,26 @@ export class Retention {
   /** One full pass; resolves when every chunk is deleted. */
   async pass(): Promise<number> {
     let removed = 0
+    if (!this.prunes()) return removed
     const yieldTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
-    for (const { collection, head } of this.store.collections()) {
+    const collections = await this.store.collections()
+    for (const { collection, head } of collections) {
       const upTo = head - this.maxPerCollection
       if (upTo <= 0) continue
       for (let n = CHUNK; n === CHUNK && !this.stopped; await yieldTurn()) {
-        n = this.store.pruneUpTo(collection, upTo, CHUNK)
+        n = await this.store.pruneUpTo(collection, upTo, CHUNK)
         removed += n
+        this.cache.pruned(n)
       }
     }
     const before = Date.now() - this.ttlMs
-    for (const { collection } of this.store.collections()) {
+    for (const { collection } of collections) {
       if (this.stopped) break
       // A collection with nothing old costs one row read and no turn.
       for (let n = CHUNK; n === CHUNK && !this.stopped; ) {
-        n = this.store.pruneOlderPrefix(collection, before, CHUNK)
+        n = await this.store.pruneOlderPrefix(collection, before, CHUNK)
         removed += n
+        this.cache.pruned(n)
         if (n > 0) await yieldTurn()
       }
     }

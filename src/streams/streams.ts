@@ -1,5 +1,8 @@
+import type { NodeBroker } from '../broker/broker.ts'
+import type { Position } from '../documents/documents.ts'
 import type { ChannelRef } from '../protocol/channels.ts'
 import { badRequest } from '../protocol/errors.ts'
+import { isPromise, type Maybe, type Store, then } from '../store/store.ts'
 import type { CommitQueue } from './commit-queue.ts'
 import type { StreamEntry } from './entry.ts'
 import type { StreamStore } from './stream-store.ts'
@@ -20,21 +23,81 @@ export interface PublishResult {
 
 /**
  * Collection streams: publishing channel messages, and reading what a
- * returning subscriber missed. Reads run synchronously, between batches, so
- * "read history up to the head, then subscribe" has no gap and no overlap.
+ * returning subscriber missed. "The head" here is what this process has
+ * delivered of a collection (the broker's `delivered`): reading history up
+ * to it and then subscribing in one synchronous step has no gap and no
+ * overlap, whichever process committed the entries.
  */
 export class Streams {
+  /** Local holds per followed collection (subscriptions and replays). */
+  private readonly holds = new Map<string, number>()
+  /** Told when a collection's last local hold goes. */
+  onIdle: ((collection: string) => void) | undefined
+
   constructor(
-    private readonly store: StreamStore,
+    private readonly store: Store,
+    private readonly cache: StreamStore,
     private readonly queue: CommitQueue,
+    private readonly broker: NodeBroker,
   ) {}
 
   get epoch(): string {
     return this.store.epoch
   }
 
-  head(collection: string): number {
-    return this.store.head(collection)
+  /**
+   * Follows the collection on this process (a subscriber arrives); resolves
+   * (or returns at once) when `delivered` is known. Pair with `unfollow`.
+   */
+  follow(collection: string): Maybe<void> {
+    this.holds.set(collection, (this.holds.get(collection) ?? 0) + 1)
+    const following = this.broker.follow(collection)
+    // A follow that failed holds nothing: only the local count is given back.
+    const failed = (error: unknown): never => {
+      this.release(collection)
+      throw error
+    }
+    if (following !== undefined) return following.catch(failed)
+    // The memory broker reports the commit path's head: load it when an asynchronous store has not.
+    const loaded = this.cache.loadHead(collection)
+    return isPromise(loaded) ? loaded.then(() => undefined, failed) : undefined
+  }
+
+  private release(collection: string): void {
+    const holds = (this.holds.get(collection) ?? 1) - 1
+    if (holds > 0) this.holds.set(collection, holds)
+    else {
+      this.holds.delete(collection)
+      this.onIdle?.(collection)
+    }
+  }
+
+  unfollow(collection: string): void {
+    this.release(collection)
+    this.broker.unfollow(collection)
+  }
+
+  /** The last offset of a followed collection delivered on this process. */
+  delivered(collection: string): number {
+    const delivered = this.broker.delivered(collection)
+    if (delivered === undefined) throw new Error(`${collection} is not followed here`)
+    return delivered
+  }
+
+  /** Resolves once everything up to `offset` of a followed collection is delivered here. */
+  reached(collection: string, offset: number): Promise<void> {
+    return this.broker.reached(collection, offset)
+  }
+
+  /** `delivered`, following the collection for the moment it takes (list replies). */
+  head(collection: string): Maybe<number> {
+    const known = this.broker.delivered(collection)
+    if (known !== undefined) return known
+    return then(this.follow(collection), () => {
+      const delivered = this.delivered(collection)
+      this.unfollow(collection)
+      return delivered
+    })
   }
 
   /** A REST channel broadcast: numbered and stored like an op, then fanned out. */
@@ -46,8 +109,8 @@ export class Streams {
     if (message === undefined)
       return Promise.reject(badRequest('message is required', { field: 'message' }))
     return this.queue
-      .run((batch) => {
-        const appended = batch.append(
+      .run({ collection: ref.collection }, (batch) =>
+        batch.append(
           {
             collection: ref.collection,
             ...(ref.document !== undefined ? { document: ref.document } : {}),
@@ -57,18 +120,21 @@ export class Streams {
             createdAt: Date.now(),
           },
           exclude,
-        )
-        return appended
-      })
+        ),
+      )
       .then((appended) => ({ offset: appended.entry.offset, delivered: appended.delivered }))
   }
 
-  /** Where a collection resume starts, when the history still reaches back to `since`. */
-  resumeCollection(collection: string, since: { epoch: string; offset: number }): ResumePoint {
-    const head = this.store.head(collection)
+  /** Where a collection resume starts, when the history still reaches back to `since`. Followed collections only. */
+  resumeCollection(
+    collection: string,
+    since: { epoch: string; offset: number },
+  ): Maybe<ResumePoint> {
+    const head = this.delivered(collection)
     if (since.epoch !== this.store.epoch || since.offset > head) return NOT_RECOVERED
-    if (!this.heldAfter(collection, since.offset)) return NOT_RECOVERED
-    return { recovered: true, after: since.offset }
+    return then(this.heldAfter(collection, since.offset), (held) =>
+      held ? { recovered: true, after: since.offset } : NOT_RECOVERED,
+    )
   }
 
   /**
@@ -78,46 +144,44 @@ export class Streams {
    * between is no longer held, or `v` is ahead of the document. Walks the
    * document's chain without reading payloads.
    */
-  resumeDocument(
-    collection: string,
-    v: number,
-    position: { v: number; lastOffset: number | null },
-  ): ResumePoint {
+  resumeDocument(collection: string, v: number, position: Position): Maybe<ResumePoint> {
     if (v > position.v) return NOT_RECOVERED
-    let missed = 0
-    let firstMissed: number | undefined
-    let seen: number | undefined
-    for (let offset = position.lastOffset; offset !== null; ) {
-      const link = this.store.link(collection, offset)
-      if (!link || link.v === null) break
-      if (link.v < v) {
-        if (link.v === v - 1) seen = offset
-        break
+    return then(this.store.chainLinks(collection, position.lastOffset, v), (links) => {
+      let missed = 0
+      let firstMissed: number | undefined
+      let seen: number | undefined
+      for (const link of links) {
+        if (link.v === null) break
+        if (link.v < v) {
+          if (link.v === v - 1) seen = link.offset
+          break
+        }
+        missed++
+        firstMissed = link.offset
       }
-      missed++
-      firstMissed = offset
-      offset = link.prevOffset
-    }
-    if (missed !== position.v - v) return NOT_RECOVERED
-    const after =
-      seen ??
-      (firstMissed !== undefined ? firstMissed - 1 : v === 0 ? 0 : this.store.head(collection))
-    return { recovered: true, after }
+      if (missed !== position.v - v) return NOT_RECOVERED
+      const after =
+        seen ??
+        (firstMissed !== undefined ? firstMissed - 1 : v === 0 ? 0 : this.delivered(collection))
+      return { recovered: true, after }
+    })
   }
 
   /**
    * Whether every entry after `after` is still held (retention prunes the
    * oldest first, so the oldest held one tells).
    */
-  heldAfter(collection: string, after: number): boolean {
-    if (after >= this.store.head(collection)) return true
-    const first = this.store.firstHeld(collection)
-    return first !== undefined && first <= after + 1
+  heldAfter(collection: string, after: number): Maybe<boolean> {
+    if (after >= this.delivered(collection)) return true
+    return then(
+      this.store.firstHeld(collection),
+      (first) => first !== undefined && first <= after + 1,
+    )
   }
 
-  /** Up to `limit` entries of the channel after `after`, up to the head, oldest first. */
-  readAfter(ref: ChannelRef, after: number, limit: number): StreamEntry[] {
-    const head = this.store.head(ref.collection)
+  /** Up to `limit` entries of the channel after `after`, up to what is delivered here, oldest first. */
+  readAfter(ref: ChannelRef, after: number, limit: number): Maybe<StreamEntry[]> {
+    const head = this.delivered(ref.collection)
     if (after >= head) return []
     return ref.document === undefined
       ? this.store.readRange(ref.collection, after, head, limit)
@@ -125,7 +189,7 @@ export class Streams {
   }
 
   /** History API: stored entries after `since` (exclusive), oldest first. */
-  history(ref: ChannelRef, since: number, limit: number): StreamEntry[] {
+  history(ref: ChannelRef, since: number, limit: number): Maybe<StreamEntry[]> {
     return this.store.history(ref.collection, ref.document, since, limit)
   }
 }

@@ -1,0 +1,1 @@
+ALTER TABLE `sessions` ADD `node_id` text DEFAULT '' NOT NULL;
