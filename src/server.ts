@@ -5,6 +5,7 @@ import { Gate } from './auth/gate.ts'
 import type { Committed, NodeBroker } from './broker/broker.ts'
 import { MemoryBroker } from './broker/memory-broker.ts'
 import { RedisBroker } from './broker/redis-broker.ts'
+import { type ClusterNode, createCluster } from './cluster/cluster.ts'
 import { openRedisBus, type RedisBus } from './cluster/redis-bus.ts'
 import type { Config } from './config.ts'
 import { DocumentStore } from './documents/document-store.ts'
@@ -47,6 +48,8 @@ export interface RealtimeServer {
   url: string
   hub: Hub
   retention: Retention
+  /** Cluster mode (REDIS_URL): this node's part in liveness, presence and stats. */
+  cluster: ClusterNode | undefined
   /** Graceful stop: refuse new sockets, commit pending writes, tell clients, close. */
   stop(): Promise<void>
 }
@@ -65,7 +68,9 @@ export function createServer(
 ): RealtimeServer {
   if (config.databaseUrl !== undefined || config.redisUrl !== undefined)
     throw new Error('DATABASE_URL or REDIS_URL is set: start the server with startServer()')
-  return build(config, logger, openSqliteStore(config.dbPath, logger), undefined)
+  const server = build(config, logger, openSqliteStore(config.dbPath, logger), undefined)
+  server.announce()
+  return server
 }
 
 /**
@@ -76,21 +81,31 @@ export async function startServer(
   config: Config,
   logger: Logger = createLogger(config),
 ): Promise<RealtimeServer> {
-  if (config.databaseUrl === undefined)
-    return build(config, logger, openSqliteStore(config.dbPath, logger), undefined)
+  if (config.databaseUrl === undefined) return createServer(config, logger)
   const store = await openPostgresStore(config.databaseUrl, logger)
   let bus: RedisBus | undefined
   try {
     if (config.redisUrl !== undefined)
       bus = await openRedisBus(config.redisUrl, config.redisPrefix, config.nodeId, logger)
-    const dangling = await store.sessions.closeNode(config.nodeId, 'server_restart')
-    if (dangling > 0) logger.warn({ sessions: dangling }, 'closed sessions left open by a crash')
-    return build(config, logger, store, bus)
+    // In a cluster, start() closes them once it knows NODE_ID is not another live process's.
+    if (bus === undefined) {
+      const dangling = await store.sessions.closeNode(config.nodeId, 'server_restart')
+      if (dangling > 0) logger.warn({ sessions: dangling }, 'closed sessions left open by a crash')
+    }
   } catch (error) {
     await bus?.close()
     await store.close()
     throw error
   }
+  const server = build(config, logger, store, bus)
+  try {
+    await server.cluster?.start()
+  } catch (error) {
+    await server.stop()
+    throw error
+  }
+  server.announce()
+  return server
 }
 
 /** Builds every part on an opened store, wires them into one Elysia app and starts listening. */
@@ -99,7 +114,7 @@ function build(
   logger: Logger,
   store: Store,
   bus: RedisBus | undefined,
-): RealtimeServer {
+): RealtimeServer & { announce(): void } {
   const streamStore = new StreamStore(store)
   const documentStore = new DocumentStore(store)
   // Other processes write the same store: reads outside a batch go to it.
@@ -160,6 +175,7 @@ function build(
     () => hub.connections(),
     logger,
     config.nodeId,
+    () => prunes(),
   )
   if (store.kind === 'sqlite') {
     const dangling = sessions.closeDangling()
@@ -169,6 +185,11 @@ function build(
   hub.listen(presence)
   hub.listen(sessions)
   const gate = new Gate(config, hub)
+  const cluster = bus
+    ? createCluster({ bus, hub, presence, gate, sessions: store.sessions, logger })
+    : undefined
+  // Retention and session pruning run on one process of a cluster at a time.
+  const prunes = () => cluster?.leader ?? true
   if (!gate.authMode)
     logger.warn(
       'open mode: neither AUTH_SECRET nor AUTH_PUBLIC_KEY is set, so any client may connect as any user_id and read or write any channel',
@@ -205,6 +226,7 @@ function build(
     config.historyTtl * 1000,
     config.historyPruneInterval * 1000,
     logger,
+    prunes,
   )
   let shuttingDown = false
 
@@ -269,6 +291,8 @@ function build(
         throughput,
         ready(): Readiness | Promise<Readiness> {
           if (shuttingDown) return { ok: false, reason: 'shutting down' }
+          const clusterState = cluster?.readiness()
+          if (clusterState && !clusterState.ok) return clusterState
           // SQLite: the last write's outcome and the file's identity; PostgreSQL: a probe.
           return then(store.check(), (state) => state)
         },
@@ -277,7 +301,18 @@ function build(
     .use(openapiRoutes(pkg.version))
     .use(asyncApiRoute(pkg.version))
     .use(demoRoutes())
-    .use(apiRoutes({ hub, documents, streams, presence, sessions, gate, nodeId: config.nodeId }))
+    .use(
+      apiRoutes({
+        hub,
+        documents,
+        streams,
+        presence,
+        sessions,
+        gate,
+        nodeId: config.nodeId,
+        cluster,
+      }),
+    )
     .use(socketRoute(client, gate))
     .use(socketCheckRoute(gate, client))
 
@@ -298,24 +333,27 @@ function build(
   sessions.start()
   throughput.start()
   const port = server.port ?? config.port
-  logger.info(
-    {
-      port,
-      host: config.host,
-      store: store.kind,
-      db: store.location,
-      redis: bus !== undefined,
-      node_id: config.nodeId,
-      epoch: store.epoch,
-    },
-    'listening',
-  )
+  const announce = () =>
+    logger.info(
+      {
+        port,
+        host: config.host,
+        store: store.kind,
+        db: store.location,
+        redis: bus !== undefined,
+        node_id: config.nodeId,
+        epoch: store.epoch,
+      },
+      'listening',
+    )
 
   return {
     port,
     url: `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`,
     hub,
     retention,
+    cluster,
+    announce,
     async stop() {
       if (shuttingDown) return
       shuttingDown = true
@@ -334,6 +372,7 @@ function build(
       await server.stop(true)
       await queue.flush() // anything REST requests queued while sockets were closing
       await sessions.stop()
+      await cluster?.stop()
       await broker.close()
       await bus?.close()
       await store.close()

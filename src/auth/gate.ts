@@ -23,6 +23,14 @@ const refuse = (status: Refusal['status'], message: string, field?: string): Adm
 
 const MAX_ID_LENGTH = 256
 
+/** What admission needs of a cluster (src/cluster/cluster.ts). */
+export interface ClusterAdmission {
+  /** A user's connections on every node. */
+  connectionsOf(userId: string): Promise<number>
+  /** Why this node takes no connection now, or undefined. */
+  refusal(): string | undefined
+}
+
 /**
  * Who may connect and who may call the server API. Auth mode (AUTH_SECRET or
  * AUTH_PUBLIC_KEY set) needs a token; open mode trusts `user_id`. Connection
@@ -33,6 +41,7 @@ export class Gate {
   readonly verifier: TokenVerifier | undefined
   private readonly addresses: AddressLimiter
   private stopping = false
+  private cluster: ClusterAdmission | undefined
 
   constructor(
     private readonly config: Config,
@@ -43,6 +52,18 @@ export class Gate {
         ? new TokenVerifier({ secret: config.authSecret, publicKey: config.authPublicKey })
         : undefined
     this.addresses = new AddressLimiter(config.connectRatePerIp)
+  }
+
+  /**
+   * Cluster mode: MAX_CONNECTIONS_PER_USER counts the user's connections on
+   * every node. Read from Redis at each upgrade (this node's own count is
+   * exact; the others' are as their last writes, a few ms behind), so two
+   * upgrades of one user racing on two nodes may both pass at the limit.
+   * With Redis away, this node's count alone. MAX_CONNECTIONS stays per
+   * process: it protects the process's own resources.
+   */
+  useCluster(cluster: ClusterAdmission): void {
+    this.cluster = cluster
   }
 
   /** The server is stopping: no new connection is admitted (503). */
@@ -70,6 +91,8 @@ export class Gate {
   ): Promise<Admission> {
     // Here, not by path, so every way to an upgrade (and the socket check) refuses alike.
     if (this.stopping) return refuse(503, 'server is shutting down')
+    const clusterRefusal = this.cluster?.refusal()
+    if (clusterRefusal !== undefined) return refuse(503, clusterRefusal)
     // Monotonic: a wall clock stepped back must not empty every bucket.
     if (!this.addresses.allow(address, performance.now()))
       return refuse(429, `too many connection attempts from ${address}; retry in a second`)
@@ -108,7 +131,10 @@ export class Gate {
       if (!requested) return refuse(400, 'user_id is required', 'user_id')
       userId = requested
     }
-    if (this.hub.connectionsOf(userId) >= this.config.maxConnectionsPerUser)
+    const connections = this.cluster
+      ? await this.cluster.connectionsOf(userId)
+      : this.hub.connectionsOf(userId)
+    if (connections >= this.config.maxConnectionsPerUser)
       return refuse(429, `user ${userId} is at MAX_CONNECTIONS_PER_USER`)
     return { ok: true, userId, identity }
   }

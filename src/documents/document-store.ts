@@ -46,6 +46,8 @@ export function toState(record: DocumentRecord): DocumentState {
 export class DocumentStore {
   private readonly cache = new Map<string, DocumentState>()
   private readonly dirty = new Map<string, DocumentState>()
+  /** Documents the running batch looked for in an asynchronous store and did not find. */
+  private readonly absent = new Set<string>()
   /** Sum of the cached documents' `size`. */
   private cachedBytes = 0
   /**
@@ -63,8 +65,10 @@ export class DocumentStore {
 
   /** The document's state, or undefined when it has never had a version. */
   get(collection: string, id: string): DocumentState | undefined {
-    const cached = this.cache.get(key(collection, id))
+    const k = key(collection, id)
+    const cached = this.cache.get(k)
     if (cached) return cached
+    if (this.absent.has(k)) return undefined
     const record = this.store.document(collection, id)
     if (record instanceof Promise)
       throw new Error(`document ${collection}.${id} read before it was loaded`)
@@ -76,10 +80,17 @@ export class DocumentStore {
     return this.cache.has(key(collection, id))
   }
 
-  /** Caches records read for a batch. */
-  load(records: readonly DocumentRecord[]): void {
+  /** Caches records read for a batch; the keys asked for and not found are new documents. */
+  load(
+    wanted: ReadonlyArray<{ collection: string; id: string }>,
+    records: readonly DocumentRecord[],
+  ): void {
     for (const record of records)
       if (!this.cache.has(key(record.collection, record.id))) this.remember(toState(record))
+    for (const { collection, id } of wanted) {
+      const k = key(collection, id)
+      if (!this.cache.has(k)) this.absent.add(k)
+    }
   }
 
   /** Reads a document outside a batch: from the cache, else from the store (not cached). */
@@ -145,6 +156,7 @@ export class DocumentStore {
   /** The batch committed: trim the cache to its bounds. */
   committed(): void {
     this.dirty.clear()
+    this.absent.clear()
     for (const [k, state] of this.cache) {
       if (this.cache.size <= this.maxCached && this.cachedBytes <= this.maxCachedBytes) break
       this.cache.delete(k)
@@ -155,6 +167,7 @@ export class DocumentStore {
   /** Ops change cached snapshots in place: dropping the cache is what undoes a failed batch. */
   rollback(): void {
     this.dirty.clear()
+    this.absent.clear()
     this.cache.clear()
     this.cachedBytes = 0
   }

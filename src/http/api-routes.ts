@@ -1,11 +1,11 @@
 import type { Server } from 'bun'
 import { Elysia, status, t } from 'elysia'
 import type { Gate } from '../auth/gate.ts'
+import { type ClusterNode, liveSession, localOnline } from '../cluster/cluster.ts'
 import type { Documents, SubmitRequest } from '../documents/documents.ts'
 import type { OpComponent } from '../documents/json0.ts'
-import type { Connection } from '../hub/connection.ts'
 import type { Hub } from '../hub/hub.ts'
-import { total } from '../hub/stats.ts'
+import { addCounts, total } from '../hub/stats.ts'
 import type { Presence } from '../presence/presence.ts'
 import type { SessionStore } from '../presence/sessions.ts'
 import { NAME_PATTERN, parseChannel } from '../protocol/channels.ts'
@@ -31,6 +31,10 @@ const PublishReply = t.Object(
   },
   { examples: [{ v: 7, offset: 1042 }] },
 )
+/** Cluster answers when Redis is unreachable: what this node knows (see ClusterNode). */
+const RedisDown = t.Optional(
+  t.Literal('down', { description: 'Redis is unreachable: the answer is what this node knows' }),
+)
 const PresenceReply = t.Object({
   channel: t.String(),
   mode: t.Union([t.Literal('full'), t.Literal('count'), t.Literal('off')]),
@@ -46,11 +50,13 @@ const PresenceReply = t.Object({
             session_id: t.String(),
             state: t.Unknown(),
             joined_at: t.String({ format: 'date-time' }),
+            node_id: t.String({ description: 'The process the connection is on' }),
           }),
         ),
       }),
     ),
   ),
+  redis: RedisDown,
 })
 const exampleOp = [{ p: ['fields', 'fld1'], oi: 'new value', od: 'old value' }]
 
@@ -61,6 +67,10 @@ export interface ApiParts {
   presence: Presence
   sessions: SessionStore
   gate: Gate
+  /** NODE_ID: this process's name in answers. */
+  nodeId: string
+  /** Cluster mode (REDIS_URL): the routes answer for every node. */
+  cluster?: ClusterNode
 }
 
 /**
@@ -82,19 +92,6 @@ export function adminGuard(gate: Gate, options: { queryToken?: boolean } = {}) {
 
 const iso = (ms: number) => new Date(ms).toISOString()
 
-/** A live connection as the online and sessions routes show it. */
-function liveSession(connection: Connection) {
-  return {
-    connection_id: connection.id,
-    session_id: connection.sessionId,
-    client: connection.client ?? null,
-    user_agent: connection.userAgent,
-    remote_address: connection.remoteAddress,
-    connected_at: iso(connection.connectedAt),
-    last_seen: iso(connection.lastSeen),
-  }
-}
-
 const Session = t.Object({
   connection_id: t.String(),
   session_id: t.String(),
@@ -103,10 +100,85 @@ const Session = t.Object({
   remote_address: t.Nullable(t.String()),
   connected_at: t.String({ format: 'date-time' }),
   last_seen: t.String({ format: 'date-time' }),
+  node_id: t.String({ description: 'The process the connection is (or was) on' }),
 })
 
+/**
+ * GET /stats: this node's counters, and in a cluster every live node's summed.
+ * The other nodes' counters come from their last heartbeat (at most 2 s old;
+ * a node that stopped beating is counted until it is declared lost, 10 s);
+ * `users` is exact (distinct users over the cluster, from Redis).
+ */
+async function clusterStats(hub: Hub, nodeId: string, cluster: ClusterNode | undefined) {
+  const { stats } = hub
+  const now = Date.now()
+  const nodes = [
+    {
+      node_id: nodeId,
+      connections: hub.connectionCount,
+      subscriptions: hub.totalSubscriptions,
+      started_at: iso(stats.startedAt),
+      last_seen: iso(now),
+    },
+  ]
+  let { connectionCount: connections, userCount: users, channelCount: channels } = hub
+  let subscriptions = hub.totalSubscriptions
+  const messagesIn = { ...stats.messagesIn }
+  const messagesOut = { ...stats.messagesOut }
+  const errors = { ...stats.errors }
+  let redis: 'down' | undefined
+  if (cluster)
+    try {
+      const live = await cluster.nodes()
+      users = live.users
+      for (const node of live.nodes) {
+        if (node.nodeId === nodeId) continue // this one's are live above
+        nodes.push({
+          node_id: node.nodeId,
+          connections: node.connections,
+          subscriptions: node.subscriptions,
+          started_at: iso(node.startedAt),
+          last_seen: iso(node.lastSeen),
+        })
+        connections += node.connections
+        channels += node.channels
+        subscriptions += node.subscriptions
+        addCounts(messagesIn, node.messagesIn)
+        addCounts(messagesOut, node.messagesOut)
+        addCounts(errors, node.errors)
+      }
+    } catch {
+      redis = 'down'
+    }
+  return {
+    connections,
+    users,
+    channels,
+    subscriptions,
+    messages: {
+      in: total(messagesIn),
+      out: total(messagesOut),
+      in_by_type: messagesIn,
+      out_by_type: messagesOut,
+    },
+    errors: { total: total(errors), by_code: errors },
+    uptime: Math.floor((now - stats.startedAt) / 1000),
+    nodes,
+    ...(redis && { redis }),
+  }
+}
+
 /** The REST server API under /api/ws (the table app's backend calls it). */
-export function apiRoutes({ hub, documents, streams, presence, sessions, gate }: ApiParts) {
+export function apiRoutes({
+  hub,
+  documents,
+  streams,
+  presence,
+  sessions,
+  gate,
+  nodeId,
+  cluster,
+}: ApiParts) {
   const publish = (collection: string, document: string, operation: OpComponent[], v?: number) => {
     const request: SubmitRequest = { collection, document, op: operation, source: 'server' }
     if (v !== undefined) request.v = v
@@ -127,31 +199,14 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
 
   return new Elysia({ name: 'api-routes', prefix: '/api/ws' })
     .onBeforeHandle(adminGuard(gate))
-    .get(
-      '/stats',
-      () => ({
-        connections: hub.connectionCount,
-        users: hub.userCount,
-        channels: hub.channelCount,
-        subscriptions: hub.totalSubscriptions,
-        messages: {
-          in: total(hub.stats.messagesIn),
-          out: total(hub.stats.messagesOut),
-          in_by_type: hub.stats.messagesIn,
-          out_by_type: hub.stats.messagesOut,
-        },
-        errors: { total: total(hub.stats.errors), by_code: hub.stats.errors },
-        uptime: Math.floor((Date.now() - hub.stats.startedAt) / 1000),
-      }),
-      {
-        detail: {
-          tags: ['stats'],
-          summary: 'Live counters',
-          description:
-            'Connections, distinct users, channels with at least one subscriber, logical subscriptions, messages in (client frames, by type; `invalid` for frames that were not a message) and out (frames sent, by type, one per recipient), errors sent by code, uptime in seconds.',
-        },
+    .get('/stats', () => clusterStats(hub, nodeId, cluster), {
+      detail: {
+        tags: ['stats'],
+        summary: 'Live counters',
+        description:
+          'Connections, distinct users, channels with at least one subscriber, logical subscriptions, messages in (client frames, by type; `invalid` for frames that were not a message) and out (frames sent, by type, one per recipient), errors sent by code, this process\'s uptime in seconds, and `nodes`: every live process with its connections, subscriptions, start and last heartbeat. In a cluster the counts are summed over the live processes as of their last heartbeat (at most 2 s old; `channels` counts a channel once per process following it) and `users` is exact over the cluster; with Redis unreachable, this process\'s alone and `redis: "down"`.',
       },
-    )
+    })
     .post(
       '/broadcast/channel',
       async ({ body }) => {
@@ -192,6 +247,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
         if (body.message === undefined)
           throw badRequest('message is required', { field: 'message' })
         const frame = encode({ type: 'message', data: { message: body.message } })
+        if (cluster) return cluster.sendToUser(body.user_id, frame)
         return { delivered: hub.publishToUser(body.user_id, 'message', frame) }
       },
       {
@@ -199,12 +255,26 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
           { user_id: t.String({ minLength: 1 }), message: t.Unknown() },
           { examples: [{ user_id: 'usr1', message: { notice: 'export ready' } }] },
         ),
-        response: { 200: t.Object({ delivered: t.Integer() }), 400: ErrorReply },
+        response: {
+          200: t.Object({
+            delivered: t.Integer({
+              description: "The user's live connections on the process that answered, sent to",
+            }),
+            nodes: t.Optional(
+              t.Integer({
+                description:
+                  "Cluster mode: processes holding the user's connections it was handed to, the answering one included when it delivered any",
+              }),
+            ),
+            redis: RedisDown,
+          }),
+          400: ErrorReply,
+        },
         detail: {
           tags: ['broadcast'],
           summary: "Send to a user's live connections",
           description:
-            'Not part of any stream: no offset, not stored, not replayed. `delivered` counts the live connections of the user.',
+            "Not part of any stream: no offset, not stored, not replayed. Reaches the user's connections on every process of a cluster: `delivered` counts the ones on the process that answered, `nodes` the processes it was handed to (through Redis, which tells how many received it; each sends to the user's connections it holds). With Redis unreachable, this process's connections only and `redis: \"down\"`.",
         },
       },
     )
@@ -295,14 +365,15 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
     )
     .get(
       '/history',
-      ({ query }) => {
+      async ({ query }) => {
         const ref = parseChannel(query.channel)
         const since = query.since ?? 0
-        const entries = streams.history(ref, since, query.limit ?? 100)
+        const head = await streams.head(ref.collection)
+        const entries = await streams.history(ref, since, query.limit ?? 100)
         return {
           channel: query.channel,
           epoch: streams.epoch,
-          head: streams.head(ref.collection),
+          head,
           messages: entries.map((entry) => ({
             ...entryMessage(entry, streams.epoch),
             timestamp: new Date(entry.createdAt).toISOString(),
@@ -331,7 +402,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
         },
       },
     )
-    .get('/presence', ({ query }) => presence.view(parseChannel(query.channel)), {
+    .get('/presence', async ({ query }) => presence.view(parseChannel(query.channel)), {
       query: t.Object({
         channel: t.String({
           description: '`collection` or `collection.document`',
@@ -344,45 +415,60 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
         tags: ['presence'],
         summary: 'Who is in a channel now',
         description:
-          'The picture a subscriber of the channel gets: in `full` mode every user present, with one entry (connection, session, presence state, join time) per connection; in `count` mode the numbers only; `off` when presence is switched off for the collection. `mode` is the mode in effect: a `full` channel with more than `PRESENCE_MAX_MEMBERS` connections says `count`.',
+          'The picture a subscriber of the channel gets: in `full` mode every user present, with one entry (connection, session, presence state, join time, the process it is on) per connection; in `count` mode the numbers only; `off` when presence is switched off for the collection. `mode` is the mode in effect: a `full` channel with more than `PRESENCE_MAX_MEMBERS` connections says `count`. In a cluster, every process\'s members (read from Redis); with Redis unreachable, what this process knows and `redis: "down"`.',
       },
     })
     .get(
       '/online',
-      () => {
-        const users = [...hub.users()].map(([user_id, connections]) => ({
-          user_id,
-          sessions: [...connections].map(liveSession),
-        }))
-        return { users: users.length, online: users }
+      async () => {
+        if (!cluster) {
+          const online = localOnline(hub, nodeId)
+          return { users: online.length, online }
+        }
+        const { users, incomplete, redis } = await cluster.online()
+        return {
+          users: users.length,
+          online: users,
+          ...(incomplete && { incomplete }),
+          ...(redis && { redis }),
+        }
       },
       {
         response: {
           200: t.Object({
             users: t.Integer(),
             online: t.Array(t.Object({ user_id: t.String(), sessions: t.Array(Session) })),
+            incomplete: t.Optional(
+              t.Literal(true, {
+                description: 'A process did not answer in time: its users are missing',
+              }),
+            ),
+            redis: RedisDown,
           }),
         },
         detail: {
           tags: ['presence'],
           summary: 'Online users',
           description:
-            'A user is online while any of their connections is open; each live connection is one session.',
+            'A user is online while any of their connections is open; each live connection is one session, with the process it is on. In a cluster every process is asked now; one that does not answer within 1.5 s is left out (`incomplete: true`); with Redis unreachable, this process\'s users and `redis: "down"`.',
         },
       },
     )
     .get(
       '/sessions',
-      ({ query }) => {
-        const rows = sessions.list(query.user_id, query.limit ?? 100)
+      async ({ query }) => {
+        const rows = await sessions.list(query.user_id, query.limit ?? 100)
         return {
           user_id: query.user_id,
           sessions: rows.map((row) => {
             const connection = hub.getById(row.connectionId)
-            const live = connection?.open === true
+            const here = connection?.open === true
+            // Another node's open session is live: nodes end theirs, survivors a lost node's.
+            const live =
+              here || (cluster !== undefined && row.nodeId !== nodeId && row.endedAt === null)
             return {
-              ...(live && connection
-                ? liveSession(connection)
+              ...(here && connection
+                ? liveSession(connection, nodeId)
                 : {
                     connection_id: row.connectionId,
                     session_id: row.sessionId,
@@ -391,6 +477,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
                     remote_address: row.remoteAddress,
                     connected_at: iso(row.connectedAt),
                     last_seen: iso(row.lastSeen),
+                    node_id: row.nodeId,
                   }),
               live,
               ended_at: live || row.endedAt === null ? null : iso(row.endedAt),
@@ -408,7 +495,7 @@ export function apiRoutes({ hub, documents, streams, presence, sessions, gate }:
           tags: ['presence'],
           summary: "A user's sessions, live and ended",
           description:
-            'Newest first. `end_reason` is `client` (sent disconnect), `client_close` (closed the socket), `timeout`, `shutdown`, `message_too_big`, `token_expired`, `rate_limited`, `slow_consumer`, or `server_restart` (open when the server crashed). Ended sessions are kept for SESSION_RETENTION, and at most SESSION_MAX_ROWS sessions in all (the ones that ended first go first).',
+            'Newest first. `end_reason` is `client` (sent disconnect), `client_close` (closed the socket), `timeout`, `shutdown`, `message_too_big`, `token_expired`, `rate_limited`, `slow_consumer`, `server_restart` (open when the server crashed), or `node_lost` (its process went silent and another one ended it). `node_id` is the process the connection is (or was) on; in a cluster an open session on another live process is `live`. Ended sessions are kept for SESSION_RETENTION, and at most SESSION_MAX_ROWS sessions in all (the ones that ended first go first).',
         },
       },
     )

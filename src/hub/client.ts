@@ -456,7 +456,12 @@ export class ClientHandler {
     if (ref.document !== undefined) data.v = v ?? 0
     if (recovered !== undefined) this.hub.stats.countReplay(recovered)
     if (this.hub.subscribe(connection, ref)) {
-      this.presence.join(connection, ref)
+      // In a cluster the first member here learns the other nodes' members just after the reply.
+      this.presence
+        .join(connection, ref)
+        ?.catch((error: unknown) =>
+          this.logger.warn({ err: error, connection_id: connection.id }, 'presence join failed'),
+        )
       this.replays.followed(connection, ref, true)
     } else this.streams.unfollow(ref.collection)
     data.offset = this.streams.delivered(ref.collection)

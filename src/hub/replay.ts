@@ -236,25 +236,34 @@ export class Replays {
   private run(connection: Connection, replay: Replay): Maybe<void> {
     while (this.isActive(connection, replay)) {
       if (connection.socket.getBufferedAmount() >= this.highWater) return
+      const until = this.streams.delivered(replay.ref.collection)
       const read = this.streams.readAfter(replay.ref, replay.cursor, PAGE)
       const next = isPromise(read)
-        ? read.then((entries) => this.step(connection, replay, entries))
-        : this.step(connection, replay, read)
+        ? read.then((entries) => this.step(connection, replay, entries, until))
+        : this.step(connection, replay, read, until)
       if (isPromise(next))
         return next.then((more) => (more ? this.run(connection, replay) : undefined))
       if (!next) return
     }
   }
 
-  /** Sends a page; false when the replay is over (live, cut short or gone). */
-  private step(connection: Connection, replay: Replay, entries: StreamEntry[]): Maybe<boolean> {
+  /**
+   * Sends a page read up to `until` (what was delivered when the read
+   * began); false when the replay is over (live, cut short or gone).
+   */
+  private step(
+    connection: Connection,
+    replay: Replay,
+    entries: StreamEntry[],
+    until: number,
+  ): Maybe<boolean> {
     if (!this.isActive(connection, replay)) return false
     return then(this.prunedBehind(replay, entries), (pruned) => {
       if (!this.isActive(connection, replay)) return false
       if (pruned) return then(this.finish(connection, replay, false), () => false)
       if (entries.length === 0) {
         // Read asynchronously: more may have been delivered meanwhile.
-        if (replay.cursor < this.streams.delivered(replay.ref.collection)) return true
+        if (this.streams.delivered(replay.ref.collection) > until) return true
         return then(this.finish(connection, replay, true), () => false)
       }
       for (const entry of entries) {

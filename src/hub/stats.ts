@@ -30,6 +30,11 @@ export class Stats {
   }
 }
 
+/** Adds `from` into `into` by key (a cluster's counters are its nodes' summed). */
+export function addCounts(into: Record<string, number>, from: Record<string, number>): void {
+  for (const [key, value] of Object.entries(from)) into[key] = (into[key] ?? 0) + value
+}
+
 export function total(counts: Record<string, number>): number {
   let sum = 0
   for (const value of Object.values(counts)) sum += value

@@ -7,9 +7,18 @@ import { encode } from '../protocol/envelope.ts'
 import { badRequest, ErrorCode, ProtocolError } from '../protocol/errors.ts'
 
 interface Member {
-  connection: Connection
+  /** The connection id. */
+  id: string
+  userId: string
+  sessionId: string
+  /** The process it is connected to. */
+  nodeId: string
+  /** This process's members only; a member on another node is known from Redis. */
+  connection: Connection | undefined
   state: unknown
   joinedAt: number
+  /** +1 at every event about this member: orders what arrives from other nodes. */
+  seq: number
   /** performance.now() when an update of this member was last sent (rate limit; monotonic). */
   sentAt: number
   /** A coalesced update waiting for its turn. */
@@ -22,12 +31,20 @@ interface Room {
   mode: PresenceMode
   /** Switched from `full` to `count` by the member cap (and back at half of it). */
   capped: boolean
+  /** Every member, on any node (cluster counts, caps and snapshots are over all of them). */
   members: Map<string, Member>
   /** Connections per user, so the counts are not a pass over every member. */
   users: Map<string, number>
+  /** Members on this node: the room lives while there is one. */
+  local: number
   /** count mode: when the count was last sent (performance.now()), and a pending send. */
   countSentAt: number
   countTimer: ReturnType<typeof setTimeout> | undefined
+  /** Cluster: receives the other nodes' events for the channel. */
+  handler: ((event: PresenceEvent) => void) | undefined
+  /** Cluster: events that arrived while the channel's entries were being read, and that read. */
+  pending: PresenceEvent[] | undefined
+  loading: Promise<void> | undefined
 }
 
 export interface PresenceEntry {
@@ -35,6 +52,8 @@ export interface PresenceEntry {
   session_id: string
   state: unknown
   joined_at: string
+  /** The process the connection is on. */
+  node_id: string
 }
 
 export interface PresenceView {
@@ -44,6 +63,49 @@ export interface PresenceView {
   users: number
   /** full mode only: every user in the channel, with one entry per connection. */
   members?: Array<{ user_id: string; connections: PresenceEntry[] }>
+  /** Cluster: Redis is unreachable; the answer is what this node knows. */
+  redis?: 'down'
+}
+
+/** A presence entry as every node sees it: the value in the channel's Redis hash. */
+export interface PresenceRecord {
+  connection_id: string
+  user_id: string
+  session_id: string
+  state: unknown
+  /** ms */
+  joined_at: number
+  node_id: string
+  seq: number
+}
+
+/** What one node tells the others about a member of a channel. */
+export type PresenceEvent =
+  | { event: 'join' | 'update'; record: PresenceRecord }
+  | { event: 'leave'; connection_id: string; node_id: string }
+
+/**
+ * Presence shared between the processes of a cluster (src/cluster/presence-link.ts):
+ * every entry in Redis, every change told to the nodes that follow the channel.
+ */
+export interface PresenceLink {
+  /** Stores a local member's entry and tells the other nodes. */
+  put(channel: string, event: 'join' | 'update', record: PresenceRecord): void
+  /** Removes a local member's entry and tells the other nodes; `last`: none is left here. */
+  remove(channel: string, record: PresenceRecord, last: boolean): void
+  /**
+   * Delivers the other nodes' events for the channel to `handler`, then
+   * resolves with the channel's entries (events during the read come after).
+   */
+  follow(channel: string, handler: (event: PresenceEvent) => void): Promise<PresenceRecord[]>
+  unfollow(channel: string, handler: (event: PresenceEvent) => void): void
+  /** The channel's entries, on every node. */
+  entries(channel: string): Promise<PresenceRecord[]>
+  /** Channels where Redis holds entries of this node. */
+  ownChannels(): Promise<string[]>
+  /** Removes this node's entries of a channel (with `leave` events to the others). */
+  dropOwn(channel: string): Promise<void>
+  readonly up: boolean
 }
 
 /**
@@ -58,15 +120,27 @@ export interface PresenceView {
 export class Presence implements ConnectionListener {
   private readonly rooms = new Map<string, Room>()
   private readonly minGapMs: number
+  private readonly nodeId: string
+  private link: PresenceLink | undefined
 
   constructor(
     private readonly hub: Hub,
     private readonly config: Pick<
       Config,
-      'presenceMaxSize' | 'presenceRate' | 'presenceModes' | 'presenceMaxMembers'
+      'presenceMaxSize' | 'presenceRate' | 'presenceModes' | 'presenceMaxMembers' | 'nodeId'
     >,
   ) {
     this.minGapMs = 1000 / config.presenceRate
+    this.nodeId = config.nodeId
+  }
+
+  /**
+   * Cluster mode: members, events, counts and the cap are over every node
+   * (each node keeps a copy of the other nodes' members of the channels it
+   * has members in). Set before the first join.
+   */
+  connect(link: PresenceLink): void {
+    this.link = link
   }
 
   modeOf(collection: string): PresenceMode {
@@ -76,10 +150,13 @@ export class Presence implements ConnectionListener {
   /**
    * Called when a connection subscribes: it is sent the channel's current
    * presence, the others learn it joined. Runs before the subscribe reply.
+   * In a cluster, the channel's first member on this node learns the other
+   * nodes' members once their entries are read from Redis: the promise
+   * settles when they were sent (await it to have them before the reply).
    */
-  join(connection: Connection, ref: ChannelRef): void {
+  join(connection: Connection, ref: ChannelRef): Promise<void> | undefined {
     const mode = this.modeOf(ref.collection)
-    if (mode === 'off') return
+    if (mode === 'off') return undefined
     const channel = channelName(ref.collection, ref.document)
     let room = this.rooms.get(channel)
     if (!room) {
@@ -89,19 +166,31 @@ export class Presence implements ConnectionListener {
         capped: false,
         members: new Map(),
         users: new Map(),
+        local: 0,
         countSentAt: Number.NEGATIVE_INFINITY,
         countTimer: undefined,
+        handler: undefined,
+        pending: undefined,
+        loading: undefined,
       }
       this.rooms.set(channel, room)
+      if (this.link) this.follow(this.link, channel, room)
     }
-    if (room.members.has(connection.id)) return
+    if (room.members.has(connection.id)) return room.loading
     const member: Member = {
+      id: connection.id,
+      userId: connection.userId,
+      sessionId: connection.sessionId,
+      nodeId: this.nodeId,
       connection,
       state: null,
       joinedAt: Date.now(),
+      seq: 1,
       sentAt: Number.NEGATIVE_INFINITY,
       timer: undefined,
     }
+    room.local++
+    this.link?.put(channel, 'join', this.record(member))
     if (room.mode === 'full' && room.members.size < this.config.presenceMaxMembers) {
       for (const other of room.members.values())
         this.hub.send(connection, 'presence', this.frame(room, other, 'join'))
@@ -123,6 +212,7 @@ export class Presence implements ConnectionListener {
       )
       this.scheduleCount(channel, room)
     }
+    return room.loading
   }
 
   /** Called on unsubscribe, and for every channel of a closed connection. */
@@ -130,18 +220,19 @@ export class Presence implements ConnectionListener {
     const channel = channelName(ref.collection, ref.document)
     const room = this.rooms.get(channel)
     const member = room?.members.get(connection.id)
-    if (!room || !member) return
+    if (!room || !member?.connection) return
     clearTimeout(member.timer)
-    room.members.delete(connection.id)
-    const userConnections = (room.users.get(connection.userId) ?? 1) - 1
-    if (userConnections === 0) room.users.delete(connection.userId)
-    else room.users.set(connection.userId, userConnections)
+    this.removeMember(room, member)
+    room.local--
     if (!socketClosed) this.hub.followPresence(connection, channel, false)
     if (room.mode === 'full')
       this.hub.publishPresence(channel, 'presence', this.frame(room, member, 'leave'))
     else this.scheduleCount(channel, room)
-    if (room.members.size === 0) {
+    member.seq++
+    this.link?.remove(channel, this.record(member), room.local === 0)
+    if (room.local === 0) {
       clearTimeout(room.countTimer)
+      if (room.handler) this.link?.unfollow(channel, room.handler)
       this.rooms.delete(channel)
     }
   }
@@ -182,32 +273,78 @@ export class Presence implements ConnectionListener {
     const member = room?.members.get(connection.id)
     if (!room || !member) return this.modeOf(ref.collection) // off
     member.state = state ?? null
-    if (room.mode === 'count') return 'count'
-    if (member.timer) return 'full' // the pending update will carry this state
+    // A capped channel's states still go to the other nodes, for its return to `full`.
+    if (room.mode === 'count' && !(room.capped && this.link)) return 'count'
+    if (member.timer) return room.mode // the pending update will carry this state
     const wait = member.sentAt + this.minGapMs - performance.now()
     if (wait <= 0) this.sendUpdate(channel, room, member)
     else member.timer = setTimeout(() => this.sendUpdate(channel, room, member), wait)
-    return 'full'
+    return room.mode
   }
 
-  /** What GET /api/ws/presence returns: the same picture a subscriber gets. */
-  view(ref: ChannelRef): PresenceView {
+  /**
+   * What GET /api/ws/presence returns: the same picture a subscriber gets.
+   * In a cluster, read from Redis (every node's entries); with Redis
+   * unreachable, this node's picture marked `redis: 'down'`.
+   */
+  view(ref: ChannelRef): PresenceView | Promise<PresenceView> {
     const channel = channelName(ref.collection, ref.document)
     const room = this.rooms.get(channel)
     const mode = room?.mode ?? this.modeOf(ref.collection)
-    const members = [...(room?.members.values() ?? [])]
-    const byUser = new Map<string, PresenceEntry[]>()
-    for (const member of members) {
-      const entries = byUser.get(member.connection.userId) ?? []
-      entries.push({
-        connection_id: member.connection.id,
-        session_id: member.connection.sessionId,
-        state: member.state,
-        joined_at: new Date(member.joinedAt).toISOString(),
-      })
-      byUser.set(member.connection.userId, entries)
+    const known = [...(room?.members.values() ?? [])].map((member) => this.record(member))
+    const link = this.link
+    if (!link || mode === 'off') return this.describe(channel, mode, known)
+    const local = (): PresenceView => ({ ...this.describe(channel, mode, known), redis: 'down' })
+    if (!link.up) return local()
+    return link.entries(channel).then((records) => {
+      records.sort((a, b) => a.joined_at - b.joined_at)
+      // A node with no member here does not know the cap's history: past the cap is `count`.
+      const capped = !room && mode === 'full' && records.length > this.config.presenceMaxMembers
+      return this.describe(channel, capped ? 'count' : mode, records)
+    }, local)
+  }
+
+  /**
+   * Cluster: writes this node's entries again and reads every followed
+   * channel's entries afresh, sending the differences to local members (after
+   * Redis came back, or writes were lost).
+   */
+  async resync(): Promise<void> {
+    const link = this.link
+    if (!link) return
+    for (const channel of await link.ownChannels())
+      if (!this.rooms.has(channel)) await link.dropOwn(channel)
+    for (const [channel, room] of [...this.rooms]) {
+      if (room.pending || !room.handler) continue // being read now
+      for (const member of room.members.values())
+        if (member.connection) link.put(channel, 'join', this.record(member))
+      room.pending = []
+      let records: PresenceRecord[] | undefined
+      try {
+        records = await link.follow(channel, room.handler)
+      } finally {
+        this.loaded(channel, room, records)
+      }
+      for (const record of records)
+        if (record.node_id === this.nodeId && !room.members.get(record.connection_id)?.connection)
+          link.remove(channel, record, false)
     }
-    const view: PresenceView = { channel, mode, connections: members.length, users: byUser.size }
+  }
+
+  private describe(channel: string, mode: PresenceMode, records: PresenceRecord[]): PresenceView {
+    const byUser = new Map<string, PresenceEntry[]>()
+    for (const record of records) {
+      const entries = byUser.get(record.user_id) ?? []
+      entries.push({
+        connection_id: record.connection_id,
+        session_id: record.session_id,
+        state: record.state,
+        joined_at: new Date(record.joined_at).toISOString(),
+        node_id: record.node_id,
+      })
+      byUser.set(record.user_id, entries)
+    }
+    const view: PresenceView = { channel, mode, connections: records.length, users: byUser.size }
     if (mode === 'full')
       view.members = [...byUser.entries()].map(([user_id, connections]) => ({
         user_id,
@@ -216,15 +353,116 @@ export class Presence implements ConnectionListener {
     return view
   }
 
+  private record(member: Member): PresenceRecord {
+    return {
+      connection_id: member.id,
+      user_id: member.userId,
+      session_id: member.sessionId,
+      state: member.state,
+      joined_at: member.joinedAt,
+      node_id: member.nodeId,
+      seq: member.seq,
+    }
+  }
+
   private sendUpdate(channel: string, room: Room, member: Member): void {
     member.timer = undefined
     member.sentAt = performance.now()
-    this.hub.publishPresence(
-      channel,
-      'presence',
-      this.frame(room, member, 'update'),
-      member.connection,
+    member.seq++
+    if (room.mode === 'full')
+      this.hub.publishPresence(
+        channel,
+        'presence',
+        this.frame(room, member, 'update'),
+        member.connection,
+      )
+    this.link?.put(channel, 'update', this.record(member))
+  }
+
+  /** Starts receiving the other nodes' events for a new room, then reads their members. */
+  private follow(link: PresenceLink, channel: string, room: Room): void {
+    const handler = (event: PresenceEvent) => this.remote(channel, room, event)
+    room.handler = handler
+    room.pending = []
+    room.loading = link.follow(channel, handler).then(
+      (records) => this.loaded(channel, room, records),
+      // Redis away: the link asked for a resync, which reads them later.
+      () => this.loaded(channel, room, undefined),
     )
+  }
+
+  /**
+   * The channel's entries as read from Redis: members on other nodes that
+   * are new join, the ones gone leave, then the events that came meanwhile.
+   */
+  private loaded(channel: string, room: Room, records: PresenceRecord[] | undefined): void {
+    const pending = room.pending ?? []
+    room.pending = undefined
+    room.loading = undefined
+    if (this.rooms.get(channel) !== room) return
+    if (records) {
+      const seen = new Set<string>()
+      for (const record of records) {
+        if (record.node_id === this.nodeId) continue
+        seen.add(record.connection_id)
+        this.remoteEntry(channel, room, record)
+      }
+      for (const member of [...room.members.values()])
+        if (!member.connection && !seen.has(member.id)) this.remoteLeave(channel, room, member.id)
+    }
+    for (const event of pending) this.remote(channel, room, event)
+  }
+
+  private remote(channel: string, room: Room, event: PresenceEvent): void {
+    if (this.rooms.get(channel) !== room) return
+    if (room.pending) room.pending.push(event)
+    else if (event.event === 'leave') this.remoteLeave(channel, room, event.connection_id)
+    else this.remoteEntry(channel, room, event.record)
+  }
+
+  /** A member on another node joined or changed (or is seen for the first time). */
+  private remoteEntry(channel: string, room: Room, record: PresenceRecord): void {
+    if (record.node_id === this.nodeId) return // our own, back from Redis
+    const known = room.members.get(record.connection_id)
+    if (known) {
+      if (known.connection || record.seq <= known.seq) return
+      known.seq = record.seq
+      known.state = record.state
+      if (room.mode === 'full')
+        this.hub.publishPresence(channel, 'presence', this.frame(room, known, 'update'))
+      return
+    }
+    const member: Member = {
+      id: record.connection_id,
+      userId: record.user_id,
+      sessionId: record.session_id,
+      nodeId: record.node_id,
+      connection: undefined,
+      state: record.state,
+      joinedAt: record.joined_at,
+      seq: record.seq,
+      sentAt: Number.NEGATIVE_INFINITY,
+      timer: undefined,
+    }
+    if (room.mode === 'full' && room.members.size < this.config.presenceMaxMembers) {
+      this.hub.publishPresence(channel, 'presence', this.frame(room, member, 'join'))
+      this.addMember(room, member)
+    } else if (room.mode === 'full') {
+      this.addMember(room, member)
+      this.switchToCount(channel, room)
+    } else {
+      this.addMember(room, member)
+      this.scheduleCount(channel, room)
+    }
+  }
+
+  private remoteLeave(channel: string, room: Room, connectionId: string): void {
+    const member = room.members.get(connectionId)
+    if (!member || member.connection) return
+    this.removeMember(room, member)
+    if (room.mode === 'full')
+      this.hub.publishPresence(channel, 'presence', this.frame(room, member, 'leave'))
+    else this.scheduleCount(channel, room)
   }
 
   private scheduleCount(channel: string, room: Room): void {
@@ -240,9 +478,15 @@ export class Presence implements ConnectionListener {
   }
 
   private addMember(room: Room, member: Member): void {
-    room.members.set(member.connection.id, member)
-    const userId = member.connection.userId
-    room.users.set(userId, (room.users.get(userId) ?? 0) + 1)
+    room.members.set(member.id, member)
+    room.users.set(member.userId, (room.users.get(member.userId) ?? 0) + 1)
+  }
+
+  private removeMember(room: Room, member: Member): void {
+    room.members.delete(member.id)
+    const userConnections = (room.users.get(member.userId) ?? 1) - 1
+    if (userConnections === 0) room.users.delete(member.userId)
+    else room.users.set(member.userId, userConnections)
   }
 
   /**
@@ -254,7 +498,10 @@ export class Presence implements ConnectionListener {
     room.mode = 'count'
     room.capped = true
     for (const member of room.members.values()) {
+      if (!member.timer) continue
       clearTimeout(member.timer)
+      // Cluster: the waiting state goes to the other nodes now (no frame in count mode).
+      if (this.link) this.sendUpdate(channel, room, member)
       member.timer = undefined
     }
     // The announcement carries the counts: the next count frame waits its turn.
@@ -299,8 +546,8 @@ export class Presence implements ConnectionListener {
 
   private frame(room: Room, member: Member, event: 'join' | 'update' | 'leave'): string {
     const data: Record<string, unknown> = {
-      user_id: member.connection.userId,
-      connection_id: member.connection.id,
+      user_id: member.userId,
+      connection_id: member.id,
       event,
     }
     if (event !== 'leave') data.state = member.state

@@ -22,5 +22,9 @@ export const closeCodes = {
 
 export type CloseReason = keyof typeof closeCodes
 
-/** Reasons recorded for connections that the client or the network ended. */
-export type EndReason = CloseReason | 'client_close' | 'error'
+/**
+ * Reasons recorded for connections that the client or the network ended, and
+ * `node_lost`: the process holding it went silent and another one ended its
+ * sessions (a record only: that process could not close anything).
+ */
+export type EndReason = CloseReason | 'client_close' | 'error' | 'node_lost'

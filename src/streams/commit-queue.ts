@@ -205,7 +205,10 @@ export class CommitQueue {
           collection: needs.collection,
           id: needs.document,
         })
-    if (wanted.size > 0) this.documents.load(await tx.documents([...wanted.values()]))
+    if (wanted.size > 0) {
+      const keys = [...wanted.values()]
+      this.documents.load(keys, await tx.documents(keys))
+    }
     for (const { needs } of jobs) {
       if (needs.document === undefined) continue
       if (needs.fromV === undefined && needs.window === undefined) continue
