@@ -258,7 +258,7 @@ export class Replays {
     until: number,
   ): Maybe<boolean> {
     if (!this.isActive(connection, replay)) return false
-    return then(this.prunedBehind(replay, entries), (pruned) => {
+    return then(this.prunedBehind(replay, entries, until), (pruned) => {
       if (!this.isActive(connection, replay)) return false
       if (pruned) return then(this.finish(connection, replay, false), () => false)
       if (entries.length === 0) {
@@ -310,14 +310,22 @@ export class Replays {
    * version expected next (its channel messages are kept as its collection's
    * are: a document quiet for longer than the retention still resumes).
    */
-  private prunedBehind(replay: Replay, next: readonly StreamEntry[]): Maybe<boolean> {
+  private prunedBehind(
+    replay: Replay,
+    next: readonly StreamEntry[],
+    until: number,
+  ): Maybe<boolean> {
     const { collection, document } = replay.ref
     if (document === undefined || replay.nextV === undefined)
       return then(this.streams.heldAfter(collection, replay.cursor), (held) => !held)
     const op = next.find((entry) => entry.kind !== 'message')
     if (op) return op.v !== replay.nextV
     if (next.length > 0) return false
-    return then(this.position(collection, document), (position) => position.v !== replay.nextV)
+    // A change delivered after the read began (past `until`) is the next read's, not a gap.
+    return then(
+      this.position(collection, document),
+      (position) => (position.lastOffset ?? 0) <= until && position.v !== replay.nextV,
+    )
   }
 
   /**

@@ -41,6 +41,10 @@ export const ConnectedData = Type.Object({
   connection_id: Type.String(),
   user_id: Type.String(),
   session_id: Type.String(),
+  node_id: Type.String({
+    description:
+      'The server process this connection is on (NODE_ID); one value in a single process',
+  }),
   heartbeat_interval: Type.Number({ description: 'Seconds between server pings' }),
   server_time: Timestamp,
   revoked: Type.Optional(

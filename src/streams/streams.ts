@@ -130,8 +130,17 @@ export class Streams {
     collection: string,
     since: { epoch: string; offset: number },
   ): Maybe<ResumePoint> {
-    const head = this.delivered(collection)
-    if (since.epoch !== this.store.epoch || since.offset > head) return NOT_RECOVERED
+    if (since.epoch !== this.store.epoch) return NOT_RECOVERED
+    if (since.offset > this.delivered(collection))
+      // Seen on another process, not delivered here yet (its Redis message late or lost):
+      // when the store has it, wait until it is (the broker reads the store behind Redis).
+      return then(this.store.head(collection), (stored) =>
+        stored < since.offset
+          ? NOT_RECOVERED
+          : this.reached(collection, since.offset).then(() =>
+              this.resumeCollection(collection, since),
+            ),
+      )
     return then(this.heldAfter(collection, since.offset), (held) =>
       held ? { recovered: true, after: since.offset } : NOT_RECOVERED,
     )
