@@ -210,6 +210,7 @@ function build(
     logger,
     livePositions,
     config.nodeId,
+    (error) => store.isUnavailable(error),
   )
   const throughput = new Throughput(hub.stats)
   const heartbeat = new Heartbeat(
@@ -280,6 +281,10 @@ function build(
           ? status(error.cause.code, { error: error.cause.toBody() })
           : status(400, errorBody(400, 'malformed JSON body'))
       if (code === 'NOT_FOUND') return status(404, errorBody(404, 'no such route'))
+      if (store.isUnavailable(error)) {
+        logger.error({ err: error }, 'store unavailable')
+        return status(503, errorBody(ErrorCode.Unavailable, 'store unavailable; retry later'))
+      }
       logger.error({ err: error }, 'request failed')
       return status(500, errorBody(ErrorCode.Internal, 'internal error'))
     })

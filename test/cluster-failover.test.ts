@@ -675,6 +675,15 @@ describe('failover', () => {
           expect(broadcasted.status).toBe(503)
           refusedTags.push(`down${i}-submit`, `down${i}-publish`, `down${i}-broadcast`)
         }
+        // Reads too: 503 (retry), not a 500 that says nothing.
+        const queried = await within(
+          submitter.request({ type: 'query', collection, document: 'd' }),
+          10_000,
+          'query while down',
+        )
+        expect(queried.error?.code).toBe(503)
+        const read = await getJson(b, `/api/ws/history?channel=${collection}`, admin)
+        expect(read.status).toBe(503)
         for (const node of cluster.nodes) {
           const ready = await readiness(node)
           expect(ready.status).toBe(503)

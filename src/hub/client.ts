@@ -80,6 +80,8 @@ export class ClientHandler {
     private readonly positions: LivePositions,
     /** This process's NODE_ID, told to clients in `connected`. */
     private readonly nodeId: string,
+    /** Whether a failure is the store's being unreachable (503, retry) rather than a bug (500). */
+    private readonly unavailable: (error: unknown) => boolean,
   ) {
     this.refusals = new LogLimiter(logger, config.logRepeatInterval * 1000)
     this.replays = new Replays(
@@ -255,12 +257,14 @@ export class ClientHandler {
     if (!(error instanceof ProtocolError))
       this.logger.error(
         { err: error, connection_id: connection.id, type: message.type },
-        'message handler failed',
+        this.unavailable(error) ? 'store unavailable' : 'message handler failed',
       )
     const failure =
       error instanceof ProtocolError
         ? error
-        : new ProtocolError(ErrorCode.Internal, 'internal error')
+        : this.unavailable(error)
+          ? new ProtocolError(ErrorCode.Unavailable, 'store unavailable; retry later')
+          : new ProtocolError(ErrorCode.Internal, 'internal error')
     if (LOGGED_REFUSALS.has(failure.code))
       this.refusals.warn(
         `refused:${failure.code}:${message.type}:${connection.userId}`,

@@ -1,7 +1,7 @@
 import type { NodeBroker } from '../broker/broker.ts'
 import type { Position } from '../documents/documents.ts'
 import type { ChannelRef } from '../protocol/channels.ts'
-import { badRequest } from '../protocol/errors.ts'
+import { badRequest, ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import { isPromise, type Maybe, type Store, then } from '../store/store.ts'
 import type { CommitQueue } from './commit-queue.ts'
 import type { StreamEntry } from './entry.ts'
@@ -55,7 +55,11 @@ export class Streams {
     // A follow that failed holds nothing: only the local count is given back.
     const failed = (error: unknown): never => {
       this.release(collection)
-      throw error
+      if (error instanceof ProtocolError) throw error
+      throw new ProtocolError(
+        ErrorCode.Unavailable,
+        `cannot follow ${collection} now (store or Redis unavailable); retry`,
+      )
     }
     if (following !== undefined) return following.catch(failed)
     // The memory broker reports the commit path's head: load it when an asynchronous store has not.
