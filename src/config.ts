@@ -76,6 +76,11 @@ export interface Config {
   maxDocumentSize: number
   /** Largest HTTP request body, bytes: a whole document plus REQUEST_ENVELOPE (413). */
   maxRequestSize: number
+  /**
+   * The intake queue (INTAKE_STREAM, INTAKE_GROUP, INTAKE_MAX_ATTEMPTS,
+   * INTAKE_RETRY_AFTER in seconds); undefined: no intake.
+   */
+  intake: IntakeConfig | undefined
   /** Bytes queued for a client that does not read before it is disconnected. */
   maxSendBuffer: number
 }
@@ -201,16 +206,42 @@ function nodeName(env: Env): string {
   return raw
 }
 
+export interface IntakeConfig {
+  stream: string
+  group: string
+  maxAttempts: number
+  retryAfter: number
+}
+
+/** INTAKE_*: read only with INTAKE_STREAM set, which needs REDIS_URL. */
+function intakeConfig(env: Env): IntakeConfig | undefined {
+  const stream = read(env, 'INTAKE_STREAM')
+  if (stream === undefined) return undefined
+  if (read(env, 'REDIS_URL') === undefined)
+    throw new ConfigError('INTAKE_STREAM', 'needs REDIS_URL: the intake queue is a Redis stream')
+  return {
+    stream,
+    group: read(env, 'INTAKE_GROUP') ?? 'teable-realtime',
+    maxAttempts: number(env, 'INTAKE_MAX_ATTEMPTS', 5, { min: 1, max: 1000, integer: true }),
+    retryAfter: number(env, 'INTAKE_RETRY_AFTER', 5, { min: 0.05, max: 86400 }),
+  }
+}
+
 export function loadConfig(env: Env): Config {
   if (read(env, 'AUTH_SECRET') !== undefined && read(env, 'AUTH_PUBLIC_KEY') !== undefined)
     throw new ConfigError(
       'AUTH_PUBLIC_KEY',
       'set AUTH_SECRET (HS256) or AUTH_PUBLIC_KEY (RS256/ES256), not both',
     )
-  if (read(env, 'REDIS_URL') !== undefined && read(env, 'DATABASE_URL') === undefined)
+  // One SQLite process may use Redis for the intake queue alone (no cluster).
+  if (
+    read(env, 'REDIS_URL') !== undefined &&
+    read(env, 'DATABASE_URL') === undefined &&
+    read(env, 'INTAKE_STREAM') === undefined
+  )
     throw new ConfigError(
       'REDIS_URL',
-      'needs DATABASE_URL: processes that share Redis must share one PostgreSQL store (an SQLite file belongs to one process)',
+      'needs DATABASE_URL: processes that share Redis must share one PostgreSQL store (an SQLite file belongs to one process); without it, REDIS_URL is taken only for INTAKE_STREAM',
     )
   const heartbeatInterval = number(env, 'HEARTBEAT_INTERVAL', 30, { min: 0.05, max: 3600 })
   const connectionTimeout = number(env, 'CONNECTION_TIMEOUT', 60, { min: 0.1, max: 86400 })
@@ -301,6 +332,7 @@ export function loadConfig(env: Env): Config {
     // The largest write that can succeed replaces a whole document: a body
     // past that and its envelope can only be refused, so it is not read.
     maxRequestSize: maxDocumentSize + REQUEST_ENVELOPE,
+    intake: intakeConfig(env),
     maxSendBuffer: number(env, 'MAX_SEND_BUFFER', 1024 * 1024, {
       min: 1024,
       max: 1024 * 1024 * 1024,

@@ -14,8 +14,10 @@ import { apiRoutes } from './http/api-routes.ts'
 import { asyncApiRoute } from './http/asyncapi-route.ts'
 import { bodyLimit } from './http/body-limit.ts'
 import { demoRoutes } from './http/demo-route.ts'
+import { intakeRoutes } from './http/intake-routes.ts'
 import { openapiRoutes } from './http/openapi.ts'
 import { opsRoutes } from './http/ops-routes.ts'
+import { publishActions } from './http/publish-bodies.ts'
 import { socketCheckRoute } from './http/socket-check.ts'
 import { socketFrames, socketRoute, transportFrameLimit } from './http/socket-route.ts'
 import { BunTopicBroker } from './hub/broker.ts'
@@ -23,6 +25,8 @@ import { ClientHandler } from './hub/client.ts'
 import type { Connection } from './hub/connection.ts'
 import { Heartbeat } from './hub/heartbeat.ts'
 import { Hub } from './hub/hub.ts'
+import { Intake } from './intake/intake.ts'
+import { openIntakeRedis } from './intake/redis.ts'
 import { createLogger, type Logger } from './observability/logger.ts'
 import { Metrics } from './observability/metrics.ts'
 import { Throughput } from './observability/throughput.ts'
@@ -50,9 +54,13 @@ export interface RealtimeServer {
   retention: Retention
   /** Cluster mode (REDIS_URL): this node's part in liveness, presence and stats. */
   cluster: ClusterNode | undefined
+  /** The intake queue (INTAKE_STREAM). */
+  intake: Intake | undefined
   /** Graceful stop: refuse new sockets, commit pending writes, tell clients, close. */
   stop(): Promise<void>
 }
+
+type IntakeRedis = Awaited<ReturnType<typeof openIntakeRedis>>
 
 /** How long a graceful stop waits for clients to close after `disconnect`. */
 const SHUTDOWN_GRACE_MS = 3000
@@ -81,25 +89,36 @@ export async function startServer(
   config: Config,
   logger: Logger = createLogger(config),
 ): Promise<RealtimeServer> {
-  if (config.databaseUrl === undefined) return createServer(config, logger)
-  const store = await openPostgresStore(config.databaseUrl, logger)
+  if (config.databaseUrl === undefined && config.intake === undefined)
+    return createServer(config, logger)
+  // SQLite with INTAKE_STREAM: one process, Redis for the intake queue alone (no cluster).
+  const store: Store =
+    config.databaseUrl === undefined
+      ? openSqliteStore(config.dbPath, logger)
+      : await openPostgresStore(config.databaseUrl, logger)
   let bus: RedisBus | undefined
+  let intakeRedis: IntakeRedis | undefined
   try {
-    if (config.redisUrl !== undefined)
+    if (config.redisUrl !== undefined && store.kind === 'postgres')
       bus = await openRedisBus(config.redisUrl, config.redisPrefix, config.nodeId, logger)
+    if (config.redisUrl !== undefined && config.intake !== undefined)
+      intakeRedis = await openIntakeRedis(config.redisUrl, `${config.redisPrefix}${config.nodeId}`)
     // In a cluster, start() closes them once it knows NODE_ID is not another live process's.
-    if (bus === undefined) {
+    if (bus === undefined && store.kind === 'postgres') {
       const dangling = await store.sessions.closeNode(config.nodeId, 'server_restart')
       if (dangling > 0) logger.warn({ sessions: dangling }, 'closed sessions left open by a crash')
     }
   } catch (error) {
+    intakeRedis?.commands.disconnect()
+    intakeRedis?.reader.disconnect()
     await bus?.close()
     await store.close()
     throw error
   }
-  const server = build(config, logger, store, bus)
+  const server = build(config, logger, store, bus, intakeRedis)
   try {
     await server.cluster?.start()
+    await server.intake?.start()
   } catch (error) {
     await server.stop()
     throw error
@@ -114,7 +133,8 @@ function build(
   logger: Logger,
   store: Store,
   bus: RedisBus | undefined,
-): RealtimeServer & { announce(): void } {
+  intakeRedis?: IntakeRedis,
+): RealtimeServer & { announce(): void; intake: Intake | undefined } {
   const streamStore = new StreamStore(store)
   const documentStore = new DocumentStore(store)
   // Other processes write the same store: reads outside a batch go to it.
@@ -198,6 +218,26 @@ function build(
     logger.warn(
       'TRUST_PROXY is set without ADMIN_TOKEN: the server API (/api/ws/*, /metrics, /admin) refuses every caller',
     )
+  const intake =
+    intakeRedis && config.intake
+      ? new Intake(
+          intakeRedis,
+          store,
+          queue,
+          publishActions({ hub, documents, streams, cluster }),
+          {
+            stream: config.intake.stream,
+            group: config.intake.group,
+            maxAttempts: config.intake.maxAttempts,
+            retryAfterMs: config.intake.retryAfter * 1000,
+            nodeId: config.nodeId,
+            maxRequestSize: config.maxRequestSize,
+            maxJsonDepth: config.maxJsonDepth,
+          },
+          logger,
+        )
+      : undefined
+  if (intake) metrics.intake(intake)
   const client = new ClientHandler(
     hub,
     documents,
@@ -320,6 +360,7 @@ function build(
     )
     .use(socketRoute(client, gate))
     .use(socketCheckRoute(gate, client))
+  if (intake) app.use(intakeRoutes(intake, gate))
 
   app.listen({
     port: config.port,
@@ -358,6 +399,7 @@ function build(
     hub,
     retention,
     cluster,
+    intake,
     announce,
     async stop() {
       if (shuttingDown) return
@@ -367,6 +409,7 @@ function build(
       retention.stop()
       throughput.stop()
       server.stop(false) // stop listening; open sockets stay until told
+      await intake?.stop() // the batch in hand is committed and acknowledged
       await queue.flush()
       const socketsClosed = new Promise<void>((resolve) => {
         if (hub.connectionCount === 0) resolve()

@@ -30,6 +30,7 @@ test('migrations apply once to a new database and are recorded', () => {
     .all() as Array<{ name: string; sql: string }>
   expect(tables.map((t) => t.name).sort()).toEqual([
     'documents',
+    'intake_applied',
     'meta',
     'sessions',
     'stream_entries',

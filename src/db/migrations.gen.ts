@@ -6,6 +6,7 @@ import m2 from '../../drizzle/0002_change_chain.sql' with { type: 'text' }
 import m3 from '../../drizzle/0003_sessions.sql' with { type: 'text' }
 import m4 from '../../drizzle/0004_nappy_toro.sql' with { type: 'text' }
 import m5 from '../../drizzle/0005_session_node.sql' with { type: 'text' }
+import m6 from '../../drizzle/0006_slippery_daredevil.sql' with { type: 'text' }
 
 export { journal }
 export const migrationSql: Record<string, string> = {
@@ -15,4 +16,5 @@ export const migrationSql: Record<string, string> = {
   '0003_sessions': m3,
   '0004_nappy_toro': m4,
   '0005_session_node': m5,
+  '0006_slippery_daredevil': m6,
 }

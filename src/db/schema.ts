@@ -84,3 +84,21 @@ export const sessions = sqliteTable(
     index('sessions_ended').on(table.endedAt),
   ],
 )
+
+/**
+ * Intake stream entries whose effect is committed: written in the same
+ * transaction as the effect, so an entry redelivered after a crash before
+ * its XACK is acknowledged without a second effect (src/intake/).
+ */
+export const intakeApplied = sqliteTable(
+  'intake_applied',
+  {
+    stream: text('stream').notNull(),
+    entryId: text('entry_id').notNull(),
+    appliedAt: integer('applied_at').notNull(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.stream, table.entryId] }),
+    index('intake_applied_at').on(table.appliedAt),
+  ],
+)

@@ -2,21 +2,17 @@ import type { Server } from 'bun'
 import { Elysia, status, t } from 'elysia'
 import type { Gate } from '../auth/gate.ts'
 import { type ClusterNode, liveSession, localOnline } from '../cluster/cluster.ts'
-import type { Documents, SubmitRequest } from '../documents/documents.ts'
-import type { OpComponent } from '../documents/json0.ts'
+import type { Documents } from '../documents/documents.ts'
 import type { Hub } from '../hub/hub.ts'
 import { addCounts, total } from '../hub/stats.ts'
 import type { Presence } from '../presence/presence.ts'
 import type { SessionStore } from '../presence/sessions.ts'
 import { NAME_PATTERN, parseChannel } from '../protocol/channels.ts'
-import { encode } from '../protocol/envelope.ts'
-import { badRequest } from '../protocol/errors.ts'
-import { JsonInteger, Op } from '../protocol/messages.ts'
 import { entryMessage } from '../streams/entry.ts'
 import type { Streams } from '../streams/streams.ts'
+import { publishActions, publishBodies, publishTarget } from './publish-bodies.ts'
 import { queryInteger } from './query-params.ts'
 
-const Name = t.String({ pattern: NAME_PATTERN })
 const ErrorReply = t.Object({
   error: t.Object({
     code: t.Integer(),
@@ -58,7 +54,6 @@ const PresenceReply = t.Object({
   ),
   redis: RedisDown,
 })
-const exampleOp = [{ p: ['fields', 'fld1'], oi: 'new value', od: 'old value' }]
 
 export interface ApiParts {
   hub: Hub
@@ -179,11 +174,7 @@ export function apiRoutes({
   nodeId,
   cluster,
 }: ApiParts) {
-  const publish = (collection: string, document: string, operation: OpComponent[], v?: number) => {
-    const request: SubmitRequest = { collection, document, op: operation, source: 'server' }
-    if (v !== undefined) request.v = v
-    return documents.publish(request).then(({ v: at, offset }) => ({ v: at, offset }))
-  }
+  const actions = publishActions({ hub, documents, streams, cluster })
   const publishDetail = (summary: string, description: string) => ({
     tags: ['publish'],
     summary,
@@ -207,54 +198,27 @@ export function apiRoutes({
           'Connections, distinct users, channels with at least one subscriber, logical subscriptions, messages in (client frames, by type; `invalid` for frames that were not a message) and out (frames sent, by type, one per recipient), errors sent by code, this process\'s uptime in seconds, and `nodes`: every live process with its connections, subscriptions, start and last heartbeat. In a cluster the counts are summed over the live processes as of their last heartbeat (at most 2 s old; `channels` counts a channel once per process following it) and `users` is exact over the cluster; with Redis unreachable, this process\'s alone and `redis: "down"`.',
       },
     })
-    .post(
-      '/broadcast/channel',
-      async ({ body }) => {
-        const ref = parseChannel(body.channel)
-        const { offset, delivered } = await streams.publishMessage(ref, body.message, body.exclude)
-        return { delivered, offset }
+    .post('/broadcast/channel', ({ body }) => actions.broadcastChannel(body), {
+      body: publishBodies['broadcast/channel'],
+      response: {
+        200: t.Object({
+          delivered: t.Integer({ description: 'Connections it was sent to live, each once' }),
+          offset: t.Integer({ description: "Its offset in the collection's stream" }),
+        }),
+        400: ErrorReply,
       },
-      {
-        body: t.Object(
-          {
-            channel: t.String({ description: '`collection` or `collection.document`' }),
-            message: t.Unknown({ description: 'Any JSON; delivered as `data.message`' }),
-            exclude: t.Optional(
-              t.Array(t.String(), { description: 'connection_ids not to send it to live' }),
-            ),
-          },
-          { examples: [{ channel: 'record_tbl1', message: { kind: 'reload' } }] },
-        ),
-        response: {
-          200: t.Object({
-            delivered: t.Integer({ description: 'Connections it was sent to live, each once' }),
-            offset: t.Integer({ description: "Its offset in the collection's stream" }),
-          }),
-          400: ErrorReply,
-        },
-        detail: {
-          tags: ['broadcast'],
-          summary: 'Broadcast to a channel',
-          description:
-            'Sends `{type:"message", data:{message, offset, epoch}}` to the subscribers of the channel (and, for a document channel, of its collection). The message takes the next offset of its collection, is stored before it is sent, and is replayed to clients resuming with `since`.',
-        },
+      detail: {
+        tags: ['broadcast'],
+        summary: 'Broadcast to a channel',
+        description:
+          'Sends `{type:"message", data:{message, offset, epoch}}` to the subscribers of the channel (and, for a document channel, of its collection). The message takes the next offset of its collection, is stored before it is sent, and is replayed to clients resuming with `since`.',
       },
-    )
+    })
     .post(
       '/broadcast/user',
-      ({ body }) => {
-        // Elysia lets a required t.Unknown() be absent; null is a message.
-        if (body.message === undefined)
-          throw badRequest('message is required', { field: 'message' })
-        const frame = encode({ type: 'message', data: { message: body.message } })
-        if (cluster) return cluster.sendToUser(body.user_id, frame)
-        return { delivered: hub.publishToUser(body.user_id, 'message', frame) }
-      },
+      ({ body }) => actions.sendToUser(body.user_id, actions.userFrame(body)),
       {
-        body: t.Object(
-          { user_id: t.String({ minLength: 1 }), message: t.Unknown() },
-          { examples: [{ user_id: 'usr1', message: { notice: 'export ready' } }] },
-        ),
+        body: publishBodies['broadcast/user'],
         response: {
           200: t.Object({
             delivered: t.Integer({
@@ -280,19 +244,9 @@ export function apiRoutes({
     )
     .post(
       '/publish/document',
-      ({ body }) => publish(body.collection, body.document, body.operation, body.v),
+      ({ body }) => actions.publish(publishTarget('publish/document', body)),
       {
-        body: t.Object(
-          {
-            collection: Name,
-            document: Name,
-            operation: Op,
-            v: t.Optional(
-              JsonInteger({ minimum: 0, description: 'Omit to apply at the current version' }),
-            ),
-          },
-          { examples: [{ collection: 'record_tbl1', document: 'rec1', operation: exampleOp }] },
-        ),
+        body: publishBodies['publish/document'],
         response: { 200: PublishReply, ...errors },
         detail: publishDetail(
           'Publish an op on any document',
@@ -300,69 +254,26 @@ export function apiRoutes({
         ),
       },
     )
-    .post(
-      '/publish/record',
-      ({ body }) => publish(`record_${body.table_id}`, body.record_id, body.operation),
-      {
-        body: t.Object(
-          { table_id: Name, record_id: Name, operation: Op },
-          { examples: [{ table_id: 'tbl1', record_id: 'rec1', operation: exampleOp }] },
-        ),
-        response: { 200: PublishReply, ...errors },
-        detail: publishDetail('Publish a record op', 'Collection `record_{table_id}`.'),
-      },
-    )
-    .post(
-      '/publish/view',
-      ({ body }) => publish(`view_${body.table_id}`, body.view_id, body.operation),
-      {
-        body: t.Object(
-          { table_id: Name, view_id: Name, operation: Op },
-          {
-            examples: [
-              { table_id: 'tbl1', view_id: 'viw1', operation: [{ p: ['name'], oi: 'Grid' }] },
-            ],
-          },
-        ),
-        response: { 200: PublishReply, ...errors },
-        detail: publishDetail('Publish a view op', 'Collection `view_{table_id}`.'),
-      },
-    )
-    .post(
-      '/publish/field',
-      ({ body }) => publish(`field_${body.table_id}`, body.field_id, body.operation),
-      {
-        body: t.Object(
-          { table_id: Name, field_id: Name, operation: Op },
-          {
-            examples: [
-              { table_id: 'tbl1', field_id: 'fld1', operation: [{ p: ['name'], oi: 'Status' }] },
-            ],
-          },
-        ),
-        response: { 200: PublishReply, ...errors },
-        detail: publishDetail('Publish a field op', 'Collection `field_{table_id}`.'),
-      },
-    )
-    .post(
-      '/publish/table',
-      ({ body }) => publish(`table_${body.base_id}`, body.table_id, body.operation),
-      {
-        body: t.Object(
-          { base_id: Name, table_id: Name, operation: Op },
-          {
-            examples: [
-              { base_id: 'bse1', table_id: 'tbl1', operation: [{ p: ['name'], oi: 'Tasks' }] },
-            ],
-          },
-        ),
-        response: { 200: PublishReply, ...errors },
-        detail: publishDetail(
-          'Publish a table op',
-          'Collection `table_{base_id}` (table metadata).',
-        ),
-      },
-    )
+    .post('/publish/record', ({ body }) => actions.publish(publishTarget('publish/record', body)), {
+      body: publishBodies['publish/record'],
+      response: { 200: PublishReply, ...errors },
+      detail: publishDetail('Publish a record op', 'Collection `record_{table_id}`.'),
+    })
+    .post('/publish/view', ({ body }) => actions.publish(publishTarget('publish/view', body)), {
+      body: publishBodies['publish/view'],
+      response: { 200: PublishReply, ...errors },
+      detail: publishDetail('Publish a view op', 'Collection `view_{table_id}`.'),
+    })
+    .post('/publish/field', ({ body }) => actions.publish(publishTarget('publish/field', body)), {
+      body: publishBodies['publish/field'],
+      response: { 200: PublishReply, ...errors },
+      detail: publishDetail('Publish a field op', 'Collection `field_{table_id}`.'),
+    })
+    .post('/publish/table', ({ body }) => actions.publish(publishTarget('publish/table', body)), {
+      body: publishBodies['publish/table'],
+      response: { 200: PublishReply, ...errors },
+      detail: publishDetail('Publish a table op', 'Collection `table_{base_id}` (table metadata).'),
+    })
     .get(
       '/history',
       async ({ query }) => {

@@ -50,6 +50,11 @@ export function openapiRoutes(version: string) {
             { name: 'history', description: 'Stored stream entries' },
             { name: 'presence', description: 'Who is online, where, doing what' },
             { name: 'documents', description: 'Snapshots' },
+            {
+              name: 'intake',
+              description:
+                'The intake queue (INTAKE_STREAM): publishes handed over through a Redis stream, and its dead letters (listed only when INTAKE_STREAM is set)',
+            },
           ],
         },
       }),

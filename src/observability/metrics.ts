@@ -118,6 +118,50 @@ export class Metrics {
     })
   }
 
+  /** The intake queue's counters (this process's) and lag (the group's, from Redis). */
+  intake(source: {
+    readonly counters: { processed: number; retried: number; deadLettered: number }
+    lag(): Promise<number>
+  }): void {
+    const registers = [this.registry]
+    const count = (name: string, help: string, read: () => number) => {
+      let reported = 0
+      new Counter({
+        name: PREFIX + name,
+        help,
+        registers,
+        collect() {
+          const now = read()
+          this.inc(now - reported)
+          reported = now
+        },
+      })
+    }
+    count(
+      'intake_processed_total',
+      'Intake entries acknowledged after their effect was committed (or found already applied)',
+      () => source.counters.processed,
+    )
+    count(
+      'intake_retried_total',
+      'Intake entries left pending after a passing failure (store unavailable), to be tried again',
+      () => source.counters.retried,
+    )
+    count(
+      'intake_dead_lettered_total',
+      'Intake entries moved to the dead-letter stream',
+      () => source.counters.deadLettered,
+    )
+    new Gauge({
+      name: `${PREFIX}intake_lag`,
+      help: 'Intake entries not yet delivered to the consumer group (-1 while Redis is unreachable)',
+      registers,
+      async collect() {
+        this.set(await source.lag().catch(() => -1))
+      },
+    })
+  }
+
   text(): Promise<string> {
     return this.registry.metrics()
   }

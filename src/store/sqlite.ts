@@ -8,6 +8,8 @@ import type {
   ChainLink,
   CommitPlan,
   DocumentRecord,
+  IntakeBackend,
+  IntakeMark,
   Readiness,
   SessionBackend,
   SessionRecord,
@@ -87,6 +89,7 @@ export class SqliteStore implements Store {
   readonly epoch: string
   readonly location: string
   readonly sessions: SessionBackend
+  readonly intake: IntakeBackend
   private readonly insertEntry: Statement
   private readonly upsertHead: Statement
   private readonly upsertDocument: Statement
@@ -100,6 +103,7 @@ export class SqliteStore implements Store {
   private readonly selectChanged: Statement<{ document: string }>
   private readonly selectOldest: Statement<{ offset: number; createdAt: number }>
   private readonly deleteUpTo: Statement
+  private readonly insertMark: Statement
   /** Whether the running transaction wrote entries (a batch of refusals says nothing about the disk). */
   private wrote = false
 
@@ -149,7 +153,12 @@ export class SqliteStore implements Store {
     this.deleteUpTo = sqlite.prepare(
       'DELETE FROM stream_entries WHERE collection = ? AND "offset" <= ?',
     )
+    // A plain INSERT: a second mark for an entry fails its batch, so no entry takes effect twice.
+    this.insertMark = sqlite.prepare(
+      'INSERT INTO intake_applied (stream, entry_id, applied_at) VALUES (?, ?, ?)',
+    )
     this.sessions = new SqliteSessions(handle)
+    this.intake = new SqliteIntake(handle, this.insertMark)
   }
 
   get health() {
@@ -330,6 +339,8 @@ export class SqliteStore implements Store {
         doc.lastOffset,
       )
     for (const { collection, head } of plan.heads) this.upsertHead.run(collection, head)
+    for (const mark of plan.marks ?? [])
+      this.insertMark.run(mark.stream, mark.entryId, mark.appliedAt)
     if (plan.entries.length > 0) this.wrote = true
   }
 
@@ -379,6 +390,52 @@ export class SqliteStore implements Store {
 
   close(): void {
     this.handle.close()
+  }
+}
+
+/** The intake queue's idempotency keys in the SQLite file. */
+class SqliteIntake implements IntakeBackend {
+  private readonly selectApplied: Statement<{ entryId: string }>
+  private readonly deleteBefore: Statement
+
+  constructor(
+    private readonly handle: SqliteHandle,
+    private readonly insertMark: Statement,
+  ) {
+    const { sqlite } = handle
+    this.selectApplied = sqlite.prepare(
+      'SELECT entry_id AS entryId FROM intake_applied WHERE stream = ? AND entry_id IN (SELECT value FROM json_each(?))',
+    )
+    this.deleteBefore = sqlite.prepare(
+      'DELETE FROM intake_applied WHERE rowid IN (SELECT rowid FROM intake_applied WHERE applied_at < ? ORDER BY applied_at LIMIT ?)',
+    )
+  }
+
+  applied(stream: string, ids: readonly string[]): Set<string> {
+    if (ids.length === 0) return new Set()
+    return new Set(this.selectApplied.all(stream, JSON.stringify(ids)).map((row) => row.entryId))
+  }
+
+  mark(marks: readonly IntakeMark[]): void {
+    const { health, sqlite } = this.handle
+    const lost = health.fileProblem()
+    if (lost !== undefined) {
+      health.refused()
+      throw new FileLostError(lost)
+    }
+    try {
+      sqlite.transaction(() => {
+        for (const mark of marks) this.insertMark.run(mark.stream, mark.entryId, mark.appliedAt)
+      })()
+      health.succeeded()
+    } catch (error) {
+      health.failed(error)
+      throw error
+    }
+  }
+
+  prune(before: number, limit: number): number {
+    return this.deleteBefore.run(before, limit).changes
   }
 }
 

@@ -45,6 +45,25 @@ export interface CommitPlan {
   entries: readonly StreamEntry[]
   /** The last state of every document the batch changed. */
   documents: readonly DocumentRecord[]
+  /** Intake entries whose effect this batch commits (src/intake/): written with it, or not at all. */
+  marks?: readonly IntakeMark[]
+}
+
+/** An intake stream entry whose effect is committed: its id is its idempotency key. */
+export interface IntakeMark {
+  stream: string
+  entryId: string
+  appliedAt: number
+}
+
+/** The intake queue's idempotency keys (table `intake_applied`). */
+export interface IntakeBackend {
+  /** Which of these entry ids of `stream` are marked applied. */
+  applied(stream: string, ids: readonly string[]): Maybe<Set<string>>
+  /** Marks entries that have no store effect (a user broadcast), in one transaction of their own. */
+  mark(marks: readonly IntakeMark[]): Maybe<void>
+  /** Deletes up to `limit` marks written before `before` (ms); returns how many. */
+  prune(before: number, limit: number): Maybe<number>
 }
 
 /**
@@ -180,6 +199,7 @@ export interface Store {
   /** Entries held in all (for metrics; may be an estimate on PostgreSQL). */
   countEntries(): Maybe<number>
   readonly sessions: SessionBackend
+  readonly intake: IntakeBackend
   /**
    * Whether a failed write is the store's fault (unreachable, disk, lock:
    * answered 503, retry later) rather than the write's (a bug: 500).

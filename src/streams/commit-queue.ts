@@ -2,7 +2,13 @@ import type { Committed, NodeBroker } from '../broker/broker.ts'
 import type { DocumentStore } from '../documents/document-store.ts'
 import type { Logger } from '../observability/logger.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
-import { isPromise, type Maybe, type Store, type WriteTransaction } from '../store/store.ts'
+import {
+  type IntakeMark,
+  isPromise,
+  type Maybe,
+  type Store,
+  type WriteTransaction,
+} from '../store/store.ts'
 import type { StreamEntry } from './entry.ts'
 import type { NewEntry, StreamStore } from './stream-store.ts'
 
@@ -39,6 +45,8 @@ interface Job {
   settle: Settle<unknown>
   /** performance.now() when queued. */
   queuedAt: number
+  /** Written with the batch when the job succeeds (see `marking`). */
+  marks: readonly IntakeMark[] | undefined
 }
 
 /** Timings for metrics, in seconds. */
@@ -73,6 +81,7 @@ export class CommitQueue {
   private jobs: Job[] = []
   private scheduled = false
   private inFlight: Promise<void> | undefined
+  private marks: readonly IntakeMark[] | undefined
 
   constructor(
     private readonly store: Store,
@@ -89,10 +98,26 @@ export class CommitQueue {
       run: job,
       settle: settle as Settle<unknown>,
       queuedAt: performance.now(),
+      marks: this.marks,
     })
     if (!this.scheduled && this.inFlight === undefined) {
       this.scheduled = true
       setImmediate(() => this.flush())
+    }
+  }
+
+  /**
+   * Calls `queue` (which submits synchronously, e.g. Documents.submit) so that
+   * the jobs it submits carry `marks`: written in the batch's transaction
+   * when the job succeeds, not at all when it is refused (the intake's
+   * idempotency keys, committed with the effect).
+   */
+  marking<T>(marks: readonly IntakeMark[], queue: () => T): T {
+    this.marks = marks
+    try {
+      return queue()
+    } finally {
+      this.marks = undefined
     }
   }
 
@@ -156,7 +181,14 @@ export class CommitQueue {
         const loaded = this.prepare(tx, jobs)
         const write = () => {
           outcomes = this.runJobs(jobs, batch, appended)
-          return tx.write({ ...this.streams.plan(), documents: this.documents.plan() })
+          const marks = jobs.flatMap((job, i) =>
+            job.marks !== undefined && outcomes[i]?.error === undefined ? job.marks : [],
+          )
+          return tx.write({
+            ...this.streams.plan(),
+            documents: this.documents.plan(),
+            ...(marks.length > 0 && { marks }),
+          })
         }
         return isPromise(loaded) ? loaded.then(write) : write()
       })

@@ -13,6 +13,8 @@ import type {
   ChainLink,
   CommitPlan,
   DocumentRecord,
+  IntakeBackend,
+  IntakeMark,
   Readiness,
   SessionBackend,
   SessionRecord,
@@ -395,6 +397,7 @@ class Health {
 export class PostgresStore implements Store {
   readonly kind = 'postgres'
   readonly sessions: SessionBackend
+  readonly intake: IntakeBackend
   readonly health = new Health()
 
   constructor(
@@ -406,6 +409,7 @@ export class PostgresStore implements Store {
     private readonly checkTimeoutMs: number,
   ) {
     this.sessions = new PostgresSessions(queries, transactions, db, this.health)
+    this.intake = new PostgresIntake(queries, transactions, this.health)
   }
 
   private query<R>(run: (sql: SQL) => PromiseLike<unknown>): Promise<Rows<R>> {
@@ -764,6 +768,54 @@ class PostgresWrite implements WriteTransaction {
           ON CONFLICT (collection) DO UPDATE SET head = excluded.head`,
       )
     }
+    if (plan.marks !== undefined && plan.marks.length > 0) await insertMarks(this.tx, plan.marks)
+  }
+}
+
+/** A plain INSERT: a second mark for an entry fails its transaction, so no entry takes effect twice. */
+function insertMarks(tx: SQL, marks: readonly IntakeMark[]): PromiseLike<unknown> {
+  const streams = textArray(marks.map((m) => m.stream))
+  const ids = textArray(marks.map((m) => m.entryId))
+  const at = int8Array(marks.map((m) => m.appliedAt))
+  return tx`INSERT INTO intake_applied (stream, entry_id, applied_at)
+    SELECT * FROM unnest(${streams}::text[], ${ids}::text[], ${at}::int8[])`
+}
+
+/** The intake queue's idempotency keys in PostgreSQL. */
+class PostgresIntake implements IntakeBackend {
+  constructor(
+    private readonly queries: Pool,
+    private readonly transactions: Pool,
+    private readonly health: Health,
+  ) {}
+
+  async applied(stream: string, ids: readonly string[]): Promise<Set<string>> {
+    if (ids.length === 0) return new Set()
+    const list = textArray(ids)
+    const rows = (await this.queries.run(
+      (sql) => sql`SELECT entry_id FROM intake_applied
+        WHERE stream = ${stream} AND entry_id = ANY(${list}::text[])`,
+    )) as Rows<{ entry_id: string }>
+    return new Set(rows.map((row) => row.entry_id))
+  }
+
+  async mark(marks: readonly IntakeMark[]): Promise<void> {
+    if (marks.length === 0) return
+    await this.health.track(
+      this.transactions.transaction(async (tx) => {
+        await insertMarks(tx, marks)
+      }),
+      () => true,
+    )
+  }
+
+  async prune(before: number, limit: number): Promise<number> {
+    const result = (await this.queries.run(
+      (sql) => sql`DELETE FROM intake_applied WHERE (stream, entry_id) IN (
+          SELECT stream, entry_id FROM intake_applied WHERE applied_at < ${before}::int8
+          ORDER BY applied_at LIMIT ${limit}::int8)`,
+    )) as Rows<never>
+    return result.count
   }
 }
 

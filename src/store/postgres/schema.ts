@@ -82,3 +82,17 @@ export const sessions = pgTable(
     index('sessions_node_open').on(table.nodeId).where(sql`${table.endedAt} IS NULL`),
   ],
 )
+
+/** Intake stream entries whose effect is committed (src/db/schema.ts has the why). */
+export const intakeApplied = pgTable(
+  'intake_applied',
+  {
+    stream: text('stream').notNull(),
+    entryId: text('entry_id').notNull(),
+    appliedAt: int8('applied_at').notNull(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.stream, table.entryId] }),
+    index('intake_applied_at').on(table.appliedAt),
+  ],
+)
