@@ -177,7 +177,7 @@ function build(
     fannedOut: (seconds) => metrics.publishToFanout.observe(seconds),
   })
   const streams = new Streams(store, streamStore, queue, broker)
-  positions = new LivePositions(documentStore, streams, bus !== undefined)
+  positions = new LivePositions(documentStore, streams, bus !== undefined, queue)
   const livePositions = positions
   streams.onIdle = (collection) => livePositions.forget(collection)
   const documents = new Documents(

@@ -95,7 +95,9 @@ export class DocumentStore {
 
   /** Reads a document outside a batch: from the cache, else from the store (not cached). */
   read(collection: string, id: string): Maybe<DocumentState | undefined> {
-    const cached = this.shared ? undefined : this.cache.get(key(collection, id))
+    const k = key(collection, id)
+    // A document changed by a batch still being written (asynchronous stores) is read as committed.
+    const cached = this.shared || this.dirty.has(k) ? undefined : this.cache.get(k)
     if (cached) return cached
     return then(this.store.document(collection, id), (record) =>
       record === undefined ? undefined : toState(record),
@@ -105,6 +107,12 @@ export class DocumentStore {
   /** Drops cached documents another process changed. */
   evict(collection: string, ids: readonly string[]): void {
     for (const id of ids) this.forget(key(collection, id))
+  }
+
+  /** Drops every cached document of a collection. */
+  evictCollection(collection: string): void {
+    const prefix = key(collection, '')
+    for (const k of [...this.cache.keys()]) if (k.startsWith(prefix)) this.forget(k)
   }
 
   private remember(state: DocumentState): DocumentState {

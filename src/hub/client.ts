@@ -203,16 +203,42 @@ export class ClientHandler {
       this.rateLimited(connection, message, now)
       return
     }
+    if (connection.waiting) connection.waiting.push(message)
+    else this.handle(connection, message)
+  }
+
+  /** Runs one message; one answered later (asynchronously) holds back those after it. */
+  private handle(connection: Connection, message: ClientMessage): void {
     try {
       const reply = this.dispatch(connection, message)
-      if (isPromise(reply))
-        reply.then(
+      if (!isPromise(reply)) {
+        if (reply) this.reply(connection, message, reply)
+        return
+      }
+      connection.waiting = []
+      reply
+        .then(
           (later) => later && connection.open && this.reply(connection, message, later),
           (error: unknown) => connection.open && this.fail(connection, message, error),
         )
-      else if (reply) this.reply(connection, message, reply)
+        .finally(() => this.resume(connection))
     } catch (error) {
       this.fail(connection, message, error)
+    }
+  }
+
+  /** The message in progress is answered: the ones held back run, in order. */
+  private resume(connection: Connection): void {
+    const waiting = connection.waiting ?? []
+    connection.waiting = undefined
+    while (waiting.length > 0 && connection.open) {
+      this.handle(connection, waiting.shift() as ClientMessage)
+      // handle() may have gone asynchronous again (TypeScript keeps the narrowing above).
+      const again = connection.waiting as ClientMessage[] | undefined
+      if (again) {
+        again.push(...waiting)
+        return
+      }
     }
   }
 

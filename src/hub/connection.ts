@@ -2,6 +2,7 @@ import type { ServerWebSocket } from 'bun'
 import type { TokenBucket } from '../auth/limits.ts'
 import type { Grants } from '../auth/permissions.ts'
 import type { EndReason } from '../protocol/close.ts'
+import type { ClientMessage } from '../protocol/messages.ts'
 import { ChannelSet } from './channel-set.ts'
 
 /** The parts of Bun's ServerWebSocket the server uses (Elysia re-declares the type). */
@@ -51,6 +52,12 @@ export class Connection {
   refusedSince = Number.NEGATIVE_INFINITY
   /** `last_seen` as the sessions table has it (presence/sessions.ts): a field, not a map entry. */
   lastSeenStored: number
+  /**
+   * Messages that arrived while one was being handled asynchronously (a
+   * subscribe reading PostgreSQL): handled in order after it, so an
+   * unsubscribe or a limit never overtakes a pending subscribe.
+   */
+  waiting: ClientMessage[] | undefined = undefined
 
   constructor(
     readonly socket: Socket,

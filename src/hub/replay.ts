@@ -344,7 +344,17 @@ export class Replays {
     }
     if (ref.document === undefined) return live(undefined)
     if (recovered && replay.nextV !== undefined) return live(replay.nextV)
-    return then(this.position(ref.collection, ref.document), (position) => live(position.v))
+    const failed = (error: unknown) => {
+      this.owner.abandoned(ref)
+      if (connection.open) this.owner.fail(connection, replay.request, error)
+    }
+    try {
+      const read = this.position(ref.collection, ref.document)
+      if (!isPromise(read)) return live(read.v)
+      return read.then((position) => live(position.v), failed)
+    } catch (error) {
+      failed(error)
+    }
   }
 
   /** Forgets the replay; acks it held (when cut short) go out in offset order. */

@@ -297,8 +297,11 @@ export class SqliteStore implements Store {
       for (const collection of collections) heads.set(collection, this.head(collection))
       return heads
     },
-    changedDocuments: (collection, after, until) =>
-      this.selectChanged.all(collection, after, until).map((row) => row.document),
+    changedDocuments: (collection, after, until) => {
+      const first = this.firstHeld(collection)
+      if (after < until && (first === undefined || first > after + 1)) return undefined
+      return this.selectChanged.all(collection, after, until).map((row) => row.document)
+    },
     documents: (keys) => {
       const found: DocumentRecord[] = []
       for (const { collection, id } of keys) {

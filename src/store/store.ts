@@ -80,8 +80,12 @@ export interface WriteTransaction {
    * wait for each other in a cycle.
    */
   lockHeads(collections: readonly string[]): Maybe<Map<string, number>>
-  /** Documents that have a change with after < offset ≤ until (to drop from a stale cache). */
-  changedDocuments(collection: string, after: number, until: number): Maybe<string[]>
+  /**
+   * Documents that have a change with after < offset ≤ until (to drop from a
+   * stale cache); undefined when retention removed part of that range (the
+   * caller must then treat every document of the collection as changed).
+   */
+  changedDocuments(collection: string, after: number, until: number): Maybe<string[] | undefined>
   /** These documents as committed (absent ones left out). */
   documents(keys: ReadonlyArray<{ collection: string; id: string }>): Maybe<DocumentRecord[]>
   /**

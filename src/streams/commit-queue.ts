@@ -81,6 +81,8 @@ export class CommitQueue {
   private jobs: Job[] = []
   private scheduled = false
   private inFlight: Promise<void> | undefined
+  /** Batches committed since start: a read that saw none commit meanwhile saw committed state. */
+  commits = 0
   private marks: readonly IntakeMark[] | undefined
 
   constructor(
@@ -144,6 +146,16 @@ export class CommitQueue {
     return this.inFlight
   }
 
+  /** Whether a batch is being written now (asynchronous stores). */
+  get busy(): boolean {
+    return this.inFlight !== undefined
+  }
+
+  /** Resolves when no batch is being written. */
+  async idle(): Promise<void> {
+    while (this.inFlight) await this.inFlight
+  }
+
   private commit(jobs: Job[]): Maybe<void> {
     const appended: Appended[] = []
     const batch: Batch = {
@@ -170,6 +182,7 @@ export class CommitQueue {
       for (const job of jobs) this.settle(job, failure, undefined)
     }
     const succeeded = () => {
+      this.commits++
       this.streams.committed()
       this.documents.committed()
       this.observer.committed((performance.now() - started) / 1000, appended.length)
@@ -226,7 +239,9 @@ export class CommitQueue {
           Math.min(cached, head),
           Math.max(cached, head),
         )
-        this.documents.evict(collection, changed)
+        // Retention removed part of what changed: any cached document of it may be stale.
+        if (changed === undefined) this.documents.evictCollection(collection)
+        else this.documents.evict(collection, changed)
       }
       this.streams.setHead(collection, head)
     }

@@ -1,9 +1,15 @@
 import type { DocumentStore } from '../documents/document-store.ts'
 import type { Position } from '../documents/documents.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
-import { type Maybe, then } from '../store/store.ts'
+import { isPromise, type Maybe } from '../store/store.ts'
+import type { CommitQueue } from './commit-queue.ts'
 import type { StreamEntry } from './entry.ts'
 import type { Streams } from './streams.ts'
+
+const toPosition = (state: { v: number; lastOffset: number | null } | undefined): Position => ({
+  v: state?.v ?? 0,
+  lastOffset: state?.lastOffset ?? null,
+})
 
 /** Delivered entries remembered per collection (offset and document only). */
 const REMEMBERED = 512
@@ -36,6 +42,7 @@ export class LivePositions {
     private readonly documents: DocumentStore,
     private readonly streams: Streams,
     private readonly shared: boolean,
+    private readonly queue: Pick<CommitQueue, 'busy' | 'commits' | 'idle'>,
   ) {}
 
   /** Called for every entry delivered on this process (cluster mode only keeps them). */
@@ -63,12 +70,31 @@ export class LivePositions {
 
   /** The document's position as delivered here; the collection must be followed. */
   position(collection: string, document: string): Maybe<Position> {
-    if (!this.shared)
-      return then(this.documents.read(collection, document), (state) => ({
-        v: state?.v ?? 0,
-        lastOffset: state?.lastOffset ?? null,
-      }))
+    if (!this.shared) {
+      const read = this.documents.read(collection, document)
+      // SQLite: read between batches. Otherwise see alone.
+      if (!isPromise(read)) return toPosition(read)
+      return this.alone(collection, document)
+    }
     return this.attempt(collection, document, ATTEMPTS)
+  }
+
+  /**
+   * One process on an asynchronous store: its batches commit and are
+   * delivered in one step, so a read that no batch overlapped is what was
+   * delivered; one that a batch overlapped is read again after it.
+   */
+  private async alone(collection: string, document: string): Promise<Position> {
+    for (let left = ATTEMPTS; left > 0; left--) {
+      await this.queue.idle()
+      const commits = this.queue.commits
+      const state = await this.documents.read(collection, document)
+      if (!this.queue.busy && this.queue.commits === commits) return toPosition(state)
+    }
+    throw new ProtocolError(
+      ErrorCode.Unavailable,
+      `${collection}.${document} changes too fast to read its version; retry`,
+    )
   }
 
   private async attempt(collection: string, document: string, left: number): Promise<Position> {
@@ -78,7 +104,12 @@ export class LivePositions {
       const position = { v: state?.v ?? 0, lastOffset: state?.lastOffset ?? null }
       const last = position.lastOffset ?? 0
       if (last > this.streams.delivered(collection)) {
-        await this.streams.reached(collection, last)
+        await this.streams.reached(collection, last).catch(() => {
+          throw new ProtocolError(
+            ErrorCode.Unavailable,
+            `${collection} stopped being followed here; retry`,
+          )
+        })
         continue
       }
       if (this.untouched(collection, document, Math.max(from, last))) return position

@@ -62,6 +62,7 @@ export class Streams {
       )
     }
     if (following !== undefined) return following.catch(failed)
+    if (this.broker.delivered(collection) !== undefined) return
     // The memory broker reports the commit path's head: load it when an asynchronous store has not.
     const loaded = this.cache.loadHead(collection)
     return isPromise(loaded) ? loaded.then(() => undefined, failed) : undefined

@@ -672,7 +672,17 @@ class PostgresWrite implements WriteTransaction {
     return new Map(rows.map((row) => [row.collection, num(row.head)]))
   }
 
-  async changedDocuments(collection: string, after: number, until: number): Promise<string[]> {
+  async changedDocuments(
+    collection: string,
+    after: number,
+    until: number,
+  ): Promise<string[] | undefined> {
+    const [first] = await this.query<{ first: string | null }>(
+      (sql) =>
+        sql`SELECT MIN("offset") AS first FROM stream_entries WHERE collection = ${collection}`,
+    )
+    if (after < until && (first?.first === null || num(first?.first ?? '0') > after + 1))
+      return undefined
     const rows = await this.query<{ document: string }>(
       (sql) => sql`SELECT DISTINCT document FROM stream_entries
         WHERE collection = ${collection} AND "offset" > ${after}::int8 AND "offset" <= ${until}::int8
