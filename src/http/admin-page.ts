@@ -1,6 +1,8 @@
 /**
  * The admin dashboard: one self-contained page (no build step, no CDN), which
- * polls /admin/data every second with the token it was opened with.
+ * polls /admin/data every second with the token it was opened with, and
+ * /api/ws/intake when the intake queue is on (a 404 there: off, the section
+ * stays hidden and is not asked again).
  */
 export const adminPage = `<!doctype html>
 <html lang="en">
@@ -21,7 +23,7 @@ export const adminPage = `<!doctype html>
   table { border-collapse: collapse; width: 100%; font-size: 14px; }
   td, th { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eee; }
   canvas { width: 100%; height: 180px; }
-  #status { color: #667; font-size: 13px; }
+  #status, #intake-status { color: #667; font-size: 13px; font-weight: normal; }
   .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 </style>
 </head>
@@ -37,6 +39,11 @@ export const adminPage = `<!doctype html>
 <section>
   <h2>Messages per second, last 5 minutes <span id="status"></span></h2>
   <canvas id="chart" width="1200" height="180"></canvas>
+</section>
+<section id="intake" hidden>
+  <h2>Intake queue <span id="intake-status"></span></h2>
+  <table><thead><tr><th>stream</th><th>group</th><th>length</th><th>pending</th><th>dead letters</th><th>lag</th><th>this process</th><th>processed</th><th>retried</th><th>dead-lettered</th></tr></thead>
+  <tbody><tr><td id="intake-stream"></td><td id="intake-group"></td><td id="intake-length"></td><td id="intake-pending"></td><td id="intake-dead"></td><td id="intake-lag"></td><td id="intake-node"></td><td id="intake-processed"></td><td id="intake-retried"></td><td id="intake-dead-lettered"></td></tr></tbody></table>
 </section>
 <div class="grid">
   <section><h2>Busiest channels</h2><table><thead><tr><th>channel</th><th>subscribers</th></tr></thead><tbody id="busiest"></tbody></table></section>
@@ -82,8 +89,31 @@ export const adminPage = `<!doctype html>
       $('status').textContent = '· ' + error.message
     }
   }
-  refresh()
-  setInterval(refresh, 1000)
+  let intakeOn = true
+  async function refreshIntake() {
+    try {
+      const response = await fetch('/api/ws/intake', { headers })
+      // Not mounted: INTAKE_STREAM is unset, which only a restart changes.
+      if (response.status === 404) { intakeOn = false; return }
+      $('intake').hidden = false
+      if (!response.ok) throw new Error('HTTP ' + response.status)
+      const q = await response.json()
+      for (const key of ['stream', 'group', 'length', 'pending', 'dead', 'lag']) $('intake-' + key).textContent = q[key]
+      $('intake-node').textContent = q.process.node_id + (q.process.consuming ? ' (consuming)' : ' (standing by)')
+      $('intake-processed').textContent = q.process.processed
+      $('intake-retried').textContent = q.process.retried
+      $('intake-dead-lettered').textContent = q.process.dead_lettered
+      $('intake-status').textContent = '· updated ' + new Date().toLocaleTimeString()
+    } catch (error) {
+      $('intake-status').textContent = '· ' + error.message
+    }
+  }
+  function tick() {
+    refresh()
+    if (intakeOn) refreshIntake()
+  }
+  tick()
+  setInterval(tick, 1000)
 </script>
 </body>
 </html>

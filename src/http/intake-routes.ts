@@ -17,11 +17,19 @@ const exampleDead = {
 }
 const unknownDead = () => status(404, { error: { code: 404, message: 'no such dead letter' } })
 
+const processCounters = (intake: Intake) => ({
+  node_id: intake.settings.nodeId,
+  consuming: intake.active,
+  processed: intake.counters.processed,
+  retried: intake.counters.retried,
+  dead_lettered: intake.counters.deadLettered,
+})
+
 /** The intake queue's status and dead letters under /api/ws/intake (mounted with INTAKE_STREAM). */
 export function intakeRoutes(intake: Intake, gate: Gate) {
   return new Elysia({ name: 'intake-routes', prefix: '/api/ws/intake' })
     .onBeforeHandle(adminGuard(gate))
-    .get('', () => intake.status(), {
+    .get('', async () => ({ ...(await intake.status()), process: processCounters(intake) }), {
       response: {
         200: t.Object(
           {
@@ -33,6 +41,22 @@ export function intakeRoutes(intake: Intake, gate: Gate) {
             }),
             dead: t.Integer({ description: 'Dead letters in `{INTAKE_STREAM}:dead`' }),
             lag: t.Integer({ description: 'Entries not yet delivered to the group' }),
+            process: t.Object(
+              {
+                node_id: t.String({ description: 'NODE_ID of the process that answered' }),
+                consuming: t.Boolean({
+                  description: 'Whether it holds the consumer lease (one process at a time)',
+                }),
+                processed: t.Integer({
+                  description: 'Entries it acknowledged after their effect (or found applied)',
+                }),
+                retried: t.Integer({
+                  description: 'Times it left an entry pending after a passing failure',
+                }),
+                dead_lettered: t.Integer({ description: 'Entries it dead-lettered' }),
+              },
+              { description: "This process's share (counted since it started)" },
+            ),
           },
           {
             examples: [
@@ -43,6 +67,13 @@ export function intakeRoutes(intake: Intake, gate: Gate) {
                 pending: 0,
                 dead: 1,
                 lag: 0,
+                process: {
+                  node_id: 'node-1',
+                  consuming: true,
+                  processed: 1199,
+                  retried: 0,
+                  dead_lettered: 1,
+                },
               },
             ],
           },
@@ -52,7 +83,7 @@ export function intakeRoutes(intake: Intake, gate: Gate) {
         tags: ['intake'],
         summary: 'Intake queue status',
         description:
-          'The stream, its consumer group, its length, entries pending (delivered and not acknowledged), dead letters, and the lag (entries not yet delivered). Answered from Redis by any process.',
+          "The stream, its consumer group, its length, entries pending (delivered and not acknowledged), dead letters, and the lag (entries not yet delivered): the group's, answered from Redis by any process. `process`: the answering process's own counters and whether it is the one consuming.",
       },
     })
     .get(

@@ -285,6 +285,8 @@ export class Intake {
         else await this.readNew()
       } catch (error) {
         if (!this.running) break
+        // A read may have been delivered and not settled: it is pending now, and comes first.
+        this.backlog = true
         if (error instanceof Error && error.message.includes('NOGROUP'))
           await this.createGroup().catch(() => {})
         this.logger.warn({ err: error }, 'intake: read failed; retrying')
@@ -390,10 +392,18 @@ export class Intake {
    */
   private async process(items: readonly Item[]): Promise<void> {
     const { stream } = this.settings
-    const applied = await this.store.intake.applied(
-      stream,
-      items.map((item) => item.id),
-    )
+    let applied: Set<string>
+    try {
+      applied = await this.store.intake.applied(
+        stream,
+        items.map((item) => item.id),
+      )
+    } catch (error) {
+      // None is tried; each counts a try, as when its effect fails for the same reason.
+      const failure = this.passingFailure(error)
+      await this.settle([], this.retryOrDead(items.map((item) => ({ item, error: failure }))))
+      return
+    }
     const acks: string[] = []
     const dead: Failure[] = []
     const jobs: Array<{ item: Item; done: Promise<unknown> }> = []
@@ -438,25 +448,39 @@ export class Intake {
           acks.push(item.id)
         }
       } catch (error) {
-        const failure = this.store.isUnavailable(error)
-          ? new ProtocolError(ErrorCode.Unavailable, 'store unavailable: retry later')
-          : asProtocolError(error)
+        const failure = this.passingFailure(error)
         for (const { item } of users) retry.push({ item, error: failure })
       }
     }
-    for (const failure of retry) {
-      if (failure.item.attempts >= this.settings.maxAttempts) dead.push(failure)
-      else this.counters.retried++
-    }
-    if (retry.some((failure) => failure.item.attempts < this.settings.maxAttempts)) {
+    dead.push(...this.retryOrDead(retry))
+    await this.settle(acks, dead)
+  }
+
+  /** A store failure as an entry's error: 503 when the store is unavailable. */
+  private passingFailure(error: unknown): ProtocolError {
+    return this.store.isUnavailable(error)
+      ? new ProtocolError(ErrorCode.Unavailable, 'store unavailable: retry later')
+      : asProtocolError(error)
+  }
+
+  /**
+   * Entries that failed for a passing reason: those out of tries are
+   * returned (to be dead-lettered); the others stay pending, and the
+   * pending list is worked through again after retryAfterMs.
+   */
+  private retryOrDead(retry: readonly Failure[]): Failure[] {
+    const dead = retry.filter((failure) => failure.item.attempts >= this.settings.maxAttempts)
+    const retried = retry.length - dead.length
+    if (retried > 0) {
+      this.counters.retried += retried
       this.backlog = true
       this.retryWait = true
       this.logger.warn(
-        { stream, entries: retry.length, error: retry[0]?.error.message },
+        { stream: this.settings.stream, entries: retried, error: retry[0]?.error.message },
         'intake: entries failed for a passing reason; retrying later',
       )
     }
-    await this.settle(acks, dead)
+    return dead
   }
 
   /** Dead letters and acknowledgements in one MULTI: an entry is never both lost and pending. */
