@@ -218,7 +218,7 @@ export class CommitQueue {
    * Asynchronous store: lock the batch's heads, drop cached documents other
    * processes changed since, load the documents and chains the jobs read.
    */
-  private prepare(tx: WriteTransaction, jobs: readonly Job[]): Maybe<void> {
+  private prepare(tx: WriteTransaction, jobs: Job[]): Maybe<void> {
     if (this.store.kind === 'sqlite') {
       this.streams.begin(tx)
       return
@@ -227,9 +227,17 @@ export class CommitQueue {
     return this.load(tx, jobs)
   }
 
-  private async load(tx: WriteTransaction, jobs: readonly Job[]): Promise<void> {
+  /** `jobs` grows by the queued jobs that the locks it took cover (see below). */
+  private async load(tx: WriteTransaction, jobs: Job[]): Promise<void> {
     const collections = [...new Set(jobs.map((job) => job.needs.collection))].sort()
     const heads = await tx.lockHeads(collections)
+    // Jobs queued while the locks were awaited join this batch if their
+    // collections are locked already: the lock is the cluster's bottleneck, so
+    // each hold should commit as much as it can. A prefix keeps the queue's order.
+    let joining = 0
+    while (joining < this.jobs.length && heads.has((this.jobs[joining] as Job).needs.collection))
+      joining++
+    if (joining > 0) jobs.push(...this.jobs.splice(0, joining))
     for (const collection of collections) {
       const head = heads.get(collection) ?? 0
       const cached = this.streams.cachedHead(collection)

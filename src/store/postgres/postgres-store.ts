@@ -725,60 +725,51 @@ class PostgresWrite implements WriteTransaction {
     return rows.map(toEntry)
   }
 
-  async write(plan: CommitPlan): Promise<void> {
-    const { entries, documents, heads } = plan
-    if (entries.length > 0) {
-      const collections = textArray(entries.map((e) => e.collection))
-      const offsets = int8Array(entries.map((e) => e.offset))
-      const docs = textArray(entries.map((e) => e.document ?? null))
-      const vs = int8Array(entries.map((e) => e.v ?? null))
-      const kinds = textArray(entries.map((e) => e.kind))
-      const payloads = textArray(entries.map((e) => JSON.stringify(e.payload)))
-      const sources = textArray(entries.map((e) => e.source))
-      const srcs = textArray(entries.map((e) => e.src ?? null))
-      const seqs = int8Array(entries.map((e) => e.seq ?? null))
-      const created = int8Array(entries.map((e) => e.createdAt))
-      const prevs = int8Array(entries.map((e) => e.prevOffset ?? null))
-      await this.query(
-        (sql) => sql`INSERT INTO stream_entries
-          (collection, "offset", document, v, kind, payload, source, src, seq, created_at, prev_offset)
-          SELECT * FROM unnest(${collections}::text[], ${offsets}::int8[], ${docs}::text[],
-            ${vs}::int8[], ${kinds}::text[], ${payloads}::text[], ${sources}::text[],
-            ${srcs}::text[], ${seqs}::int8[], ${created}::int8[], ${prevs}::int8[])`,
-      )
-      this.wroteEntries = true
-    }
-    if (documents.length > 0) {
-      const collections = textArray(documents.map((d) => d.collection))
-      const ids = textArray(documents.map((d) => d.id))
-      const vs = int8Array(documents.map((d) => d.v))
-      const types = textArray(documents.map((d) => d.type))
-      const data = textArray(documents.map((d) => d.data))
-      const deleted = boolArray(documents.map((d) => d.deleted))
-      const lastOffsets = int8Array(documents.map((d) => d.lastOffset))
+  /**
+   * The entries, documents and heads in one statement (data-modifying CTEs;
+   * an empty array inserts nothing): every round trip here is made holding
+   * the heads' locks, which every process writing these collections waits for.
+   */
+  async write({ entries, documents, heads, marks }: CommitPlan): Promise<void> {
+    if (entries.length > 0 || documents.length > 0 || heads.length > 0) {
       const now = Date.now()
       await this.query(
-        (sql) => sql`INSERT INTO documents
-          (collection, id, v, type, data, deleted, last_offset, updated_at)
-          SELECT *, ${now}::int8 FROM unnest(${collections}::text[], ${ids}::text[],
-            ${vs}::int8[], ${types}::text[], ${data}::text[], ${deleted}::bool[],
-            ${lastOffsets}::int8[])
-          ON CONFLICT (collection, id) DO UPDATE SET v = excluded.v, type = excluded.type,
-            data = excluded.data, deleted = excluded.deleted, last_offset = excluded.last_offset,
-            updated_at = excluded.updated_at`,
-      )
-    }
-    if (heads.length > 0) {
-      const collections = textArray(heads.map((h) => h.collection))
-      const values = int8Array(heads.map((h) => h.head))
-      // An upsert, not an UPDATE: correct also for a collection lockHeads did not see.
-      await this.query(
-        (sql) => sql`INSERT INTO streams (collection, head)
-          SELECT * FROM unnest(${collections}::text[], ${values}::int8[])
+        (sql) => sql`WITH entries AS (
+            INSERT INTO stream_entries
+              (collection, "offset", document, v, kind, payload, source, src, seq, created_at, prev_offset)
+            SELECT * FROM unnest(${textArray(entries.map((e) => e.collection))}::text[],
+              ${int8Array(entries.map((e) => e.offset))}::int8[],
+              ${textArray(entries.map((e) => e.document ?? null))}::text[],
+              ${int8Array(entries.map((e) => e.v ?? null))}::int8[],
+              ${textArray(entries.map((e) => e.kind))}::text[],
+              ${textArray(entries.map((e) => JSON.stringify(e.payload)))}::text[],
+              ${textArray(entries.map((e) => e.source))}::text[],
+              ${textArray(entries.map((e) => e.src ?? null))}::text[],
+              ${int8Array(entries.map((e) => e.seq ?? null))}::int8[],
+              ${int8Array(entries.map((e) => e.createdAt))}::int8[],
+              ${int8Array(entries.map((e) => e.prevOffset ?? null))}::int8[])
+          ), documents AS (
+            INSERT INTO documents (collection, id, v, type, data, deleted, last_offset, updated_at)
+            SELECT *, ${now}::int8 FROM unnest(${textArray(documents.map((d) => d.collection))}::text[],
+              ${textArray(documents.map((d) => d.id))}::text[],
+              ${int8Array(documents.map((d) => d.v))}::int8[],
+              ${textArray(documents.map((d) => d.type))}::text[],
+              ${textArray(documents.map((d) => d.data))}::text[],
+              ${boolArray(documents.map((d) => d.deleted))}::bool[],
+              ${int8Array(documents.map((d) => d.lastOffset))}::int8[])
+            ON CONFLICT (collection, id) DO UPDATE SET v = excluded.v, type = excluded.type,
+              data = excluded.data, deleted = excluded.deleted, last_offset = excluded.last_offset,
+              updated_at = excluded.updated_at
+          )
+          -- An upsert, not an UPDATE: correct also for a collection lockHeads did not see.
+          INSERT INTO streams (collection, head)
+          SELECT * FROM unnest(${textArray(heads.map((h) => h.collection))}::text[],
+            ${int8Array(heads.map((h) => h.head))}::int8[])
           ON CONFLICT (collection) DO UPDATE SET head = excluded.head`,
       )
+      if (entries.length > 0) this.wroteEntries = true
     }
-    if (plan.marks !== undefined && plan.marks.length > 0) await insertMarks(this.tx, plan.marks)
+    if (marks !== undefined && marks.length > 0) await insertMarks(this.tx, marks)
   }
 }
 
