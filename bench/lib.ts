@@ -1,5 +1,5 @@
 /** Shared bits of the benchmark drivers: child processes and tables. */
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -55,6 +55,11 @@ export async function startChild(
       // drained, so the child never blocks on a full pipe
     }
   })()
+  return childOf(proc, port)
+}
+
+/** CPU, memory and stop of a running server process listening on `port`. */
+function childOf(proc: ReturnType<typeof Bun.spawn>, port: number): Child {
   return {
     proc,
     port,
@@ -74,6 +79,69 @@ export async function startChild(
       await proc.exited
     },
   }
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick). */
+export function freePort(): number {
+  const listener = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data() {} } })
+  const { port } = listener
+  listener.stop(true)
+  return port
+}
+
+export interface QuietChild extends Child {
+  /** The process's last 100 log lines (warnings and errors at LOG_LEVEL=warn). */
+  readonly log: readonly string[]
+  /** How many lines it has logged in all. */
+  logged(): number
+}
+
+/**
+ * Starts a server process on a free port (SOCKET_PORT) and waits until its
+ * `/readyz` answers 200: for processes whose log level hides the
+ * `listening` line (LOG_LEVEL=warn). Nothing announces readiness at that
+ * level, so the probe is repeated every 50 ms (for at most `timeoutMs`).
+ */
+export async function startReady(
+  argv: string[],
+  env: Record<string, string>,
+  timeoutMs = 30_000,
+): Promise<QuietChild> {
+  const port = freePort()
+  const proc = Bun.spawn(argv, {
+    cwd: root,
+    env: { ...process.env, ...env, SOCKET_PORT: String(port) },
+    stdout: 'pipe',
+    stderr: 'inherit',
+  })
+  const log: string[] = []
+  let logged = 0
+  void (async () => {
+    for await (const line of stdoutLines(proc)) {
+      logged++
+      log.push(line)
+      if (log.length > 100) log.shift()
+    }
+  })()
+  let exited = false
+  void proc.exited.then(() => {
+    exited = true
+  })
+  const deadline = performance.now() + timeoutMs
+  for (;;) {
+    if (exited) throw new Error(`${argv.join(' ')} exited ${proc.exitCode}: ${log.join('\n')}`)
+    const status = await fetch(`http://127.0.0.1:${port}/readyz`).then(
+      (response) => response.status,
+      () => 0,
+    )
+    if (status === 200) break
+    if (performance.now() > deadline) {
+      proc.kill('SIGKILL')
+      throw new Error(`${argv.join(' ')} not ready on port ${port} within ${timeoutMs} ms`)
+    }
+    await Bun.sleep(50)
+  }
+  return { ...childOf(proc, port), log, logged: () => logged }
 }
 
 /** Our server as its own process, on a fresh database. */
@@ -150,6 +218,90 @@ export async function runMeasured<T>(
     env,
   )
   return { ...result, serverCpu }
+}
+
+/**
+ * Where the machine's CPU time went, in cores (CPU seconds per second), by
+ * group of processes (a group no process was in is absent).
+ */
+export type CpuShares<G extends string> = Partial<Record<G, number>> & { other: number }
+
+export interface ProcessSample {
+  /** CPU seconds (user + system) so far. */
+  cpu: number
+  comm: string
+  cmdline: string
+}
+
+interface MachineSample {
+  at: number
+  /** Busy CPU seconds of all cores since boot. */
+  busy: number
+  processes: Map<number, ProcessSample>
+}
+
+/** Every process's CPU time, and the machine's busy time (Linux /proc, 100 ticks/s). */
+async function sampleMachine(): Promise<MachineSample> {
+  const at = performance.now()
+  const line = (await Bun.file('/proc/stat').text()).split('\n', 1)[0] ?? ''
+  // cpu user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number)
+  const busy = (ticks.reduce((a, b) => a + b, 0) - (ticks[3] ?? 0) - (ticks[4] ?? 0)) / 100
+  const processes = new Map<number, ProcessSample>()
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name)
+    if (!Number.isInteger(pid)) continue
+    try {
+      const stat = await Bun.file(`/proc/${pid}/stat`).text()
+      const close = stat.lastIndexOf(')')
+      const fields = stat.slice(close + 2).split(' ')
+      processes.set(pid, {
+        // After the command: state ppid … utime (12th) stime (13th).
+        cpu: (Number(fields[11]) + Number(fields[12])) / 100,
+        comm: stat.slice(stat.indexOf('(') + 1, close),
+        cmdline: (await Bun.file(`/proc/${pid}/cmdline`).text()).replaceAll('\0', ' '),
+      })
+    } catch {
+      // gone between the listing and the read
+    }
+  }
+  return { at, busy, processes }
+}
+
+/**
+ * Runs the client and measures, over its measured window, the cores used
+ * by each group of processes (`classify` names a process's group, or
+ * undefined), and by everything else on the machine (`other`).
+ */
+export async function runProfiled<T, G extends string>(
+  argv: string[],
+  classify: (pid: number, sample: ProcessSample) => G | undefined,
+  env: Record<string, string> = {},
+): Promise<T & { cpu: CpuShares<G> }> {
+  let first: MachineSample | undefined
+  let shares = { other: 0 } as CpuShares<G>
+  const result = await runClient<T>(
+    argv,
+    async (phase) => {
+      if (phase === 'start') first = await sampleMachine()
+      if (phase !== 'end' || !first) return
+      const last = await sampleMachine()
+      const seconds = (last.at - first.at) / 1000
+      const used = new Map<G | 'other', number>([['other', last.busy - first.busy]])
+      for (const [pid, now] of last.processes) {
+        const before = first.processes.get(pid)
+        const group = classify(pid, now)
+        if (!before || group === undefined) continue
+        used.set(group, (used.get(group) ?? 0) + now.cpu - before.cpu)
+        used.set('other', (used.get('other') ?? 0) - (now.cpu - before.cpu))
+      }
+      shares = Object.fromEntries(
+        [...used].map(([group, cpu]) => [group, Math.max(0, cpu) / seconds]),
+      ) as CpuShares<G>
+    },
+    env,
+  )
+  return { ...result, cpu: shares }
 }
 
 export function table(headers: string[], rows: Array<Array<string | number>>): string {
