@@ -6,7 +6,7 @@ import type { Committed, NodeBroker } from './broker/broker.ts'
 import { MemoryBroker } from './broker/memory-broker.ts'
 import { RedisBroker } from './broker/redis-broker.ts'
 import { type ClusterNode, createCluster } from './cluster/cluster.ts'
-import { openRedisBus, type RedisBus } from './cluster/redis-bus.ts'
+import type { RedisBus } from './cluster/redis-bus.ts'
 import type { Config } from './config.ts'
 import { DocumentStore } from './documents/document-store.ts'
 import { Documents } from './documents/documents.ts'
@@ -26,7 +26,7 @@ import type { Connection } from './hub/connection.ts'
 import { Heartbeat } from './hub/heartbeat.ts'
 import { Hub } from './hub/hub.ts'
 import { Intake } from './intake/intake.ts'
-import { openIntakeRedis } from './intake/redis.ts'
+import type { openIntakeRedis } from './intake/redis.ts'
 import { createLogger, type Logger } from './observability/logger.ts'
 import { Metrics } from './observability/metrics.ts'
 import { Throughput } from './observability/throughput.ts'
@@ -35,7 +35,6 @@ import { SessionStore } from './presence/sessions.ts'
 import { encode } from './protocol/envelope.ts'
 import { ErrorCode, ProtocolError } from './protocol/errors.ts'
 import { parseJsonBody } from './protocol/validate.ts'
-import { openPostgresStore } from './store/postgres/postgres-store.ts'
 import { openSqliteStore } from './store/sqlite.ts'
 import { isPromise, type Readiness, type Store, then } from './store/store.ts'
 import { CommitQueue } from './streams/commit-queue.ts'
@@ -91,6 +90,10 @@ export async function startServer(
 ): Promise<RealtimeServer> {
   if (config.databaseUrl === undefined && config.intake === undefined)
     return createServer(config, logger)
+  // Loaded here, not at the top: the embedded server need not carry ioredis and the PostgreSQL client (~4.5 MiB).
+  const { openPostgresStore } = await import('./store/postgres/postgres-store.ts')
+  const { openRedisBus } = await import('./cluster/redis-bus.ts')
+  const { openIntakeRedis } = await import('./intake/redis.ts')
   // SQLite with INTAKE_STREAM: one process, Redis for the intake queue alone (no cluster).
   const store: Store =
     config.databaseUrl === undefined
