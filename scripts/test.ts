@@ -2,15 +2,23 @@
  * `bun run test`: every suite when PostgreSQL and Redis answer. Without
  * them, the suites that need neither, then one line naming the ones left out
  * and why; with REQUIRE_SERVICES=1 (CI) a missing service fails the run at
- * once instead. Arguments go to `bun test` unchanged; its exit code is ours.
- * Which suites need the services: needsServices in test/support/services.ts.
+ * once instead. Arguments go to `bun test` unchanged. Without arguments and
+ * with both services, STORE_SUITES then run again with TEST_STORE=postgres
+ * and TEST_STORE=cluster. Any failing run fails ours. Which suites need the
+ * services: needsServices in test/support/services.ts.
  */
 
 import { join } from 'node:path'
 import { Glob } from 'bun'
-import { missingServices, needsServices, SUITES_GLOB } from '../test/support/services.ts'
+import {
+  missingServices,
+  needsServices,
+  STORE_SUITES,
+  SUITES_GLOB,
+} from '../test/support/services.ts'
 
 const root = join(import.meta.dir, '..')
+const args = process.argv.slice(2)
 
 async function serviceSuites(): Promise<string[]> {
   const suites: string[] = []
@@ -34,11 +42,29 @@ const test = Bun.spawn(
     // A suite that dies mid-run leaves no nginx or server process behind.
     '--no-orphans',
     ...left.map((path) => `--path-ignore-patterns=${path}`),
-    ...process.argv.slice(2),
+    ...args,
   ],
   { cwd: root, stdio: ['inherit', 'inherit', 'inherit'] },
 )
-const code = await test.exited
+let code = await test.exited
+
+if (missing === undefined && args.length === 0)
+  for (const store of ['postgres', 'cluster'] as const) {
+    console.log(
+      store === 'postgres'
+        ? `\nTEST_STORE=postgres: ${STORE_SUITES.length} suites again on PostgreSQL (one process, no Redis)`
+        : `\nTEST_STORE=cluster: ${STORE_SUITES.length} suites again on PostgreSQL and Redis (cluster mode, one node)`,
+    )
+    const again = Bun.spawn(['bun', 'test', '--no-orphans', ...STORE_SUITES], {
+      cwd: root,
+      // Bun reads the flag only at start; deployments on PostgreSQL set it (docs/CLUSTER.md).
+      env: { ...process.env, TEST_STORE: store, BUN_FEATURE_FLAG_DISABLE_SQL_AUTO_PIPELINING: '1' },
+      stdio: ['inherit', 'inherit', 'inherit'],
+    })
+    const storeCode = await again.exited
+    if (code === 0) code = storeCode
+  }
+
 // Last, where it is seen: a run that passed without these suites did not test them.
 if (report !== undefined) console.error(`skipped ${report}`)
 process.exit(code)

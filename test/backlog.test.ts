@@ -5,7 +5,7 @@ import {
   postJson,
   type ServerMessage,
   silentSocket,
-  startServer,
+  startServerOnTestStore,
   TestClient,
   type TestServer,
   uniqueName,
@@ -18,9 +18,9 @@ import {
  */
 
 let server: TestServer
-beforeAll(() => {
+beforeAll(async () => {
   // Default retention (10,000 entries per collection, one day).
-  server = startServer()
+  server = await startServerOnTestStore()
 })
 afterAll(() => server.close())
 
@@ -201,7 +201,10 @@ describe('resuming a large backlog', () => {
   }, 60_000)
 
   test('a client that stops reading during the replay is disconnected as a slow consumer', async () => {
-    const slow = startServer({ HEARTBEAT_INTERVAL: '0.5', CONNECTION_TIMEOUT: '60' })
+    const slow = await startServerOnTestStore({
+      HEARTBEAT_INTERVAL: '0.5',
+      CONNECTION_TIMEOUT: '60',
+    })
     try {
       const collection = uniqueName('record')
       const channel = collection
@@ -226,7 +229,7 @@ describe('resuming a large backlog', () => {
   }, 60_000)
 
   test('retention that removes entries not yet sent ends the replay with recovered:false', async () => {
-    const small = startServer({ HISTORY_MAX_PER_COLLECTION: '3000' })
+    const small = await startServerOnTestStore({ HISTORY_MAX_PER_COLLECTION: '3000' })
     try {
       const collection = uniqueName('record')
       const publish = async (count: number) => {

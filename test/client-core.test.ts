@@ -15,7 +15,7 @@ import {
 import {
   postJson,
   spawnServer,
-  startServer,
+  startServerOnTestStore,
   type TestServer,
   tempDir,
   uniqueName,
@@ -45,8 +45,8 @@ function reach(client: RealtimeClient, state: ConnectionState): Promise<void> {
 }
 
 let server: TestServer
-beforeAll(() => {
-  server = startServer()
+beforeAll(async () => {
+  server = await startServerOnTestStore()
 })
 afterAll(() => server.close())
 
@@ -190,8 +190,12 @@ describe('liveness', () => {
 
 describe('pointless reconnects are not made', () => {
   let auth: TestServer
-  beforeAll(() => {
-    auth = startServer({ AUTH_SECRET: SECRET, HEARTBEAT_INTERVAL: '0.1', CONNECTION_TIMEOUT: '30' })
+  beforeAll(async () => {
+    auth = await startServerOnTestStore({
+      AUTH_SECRET: SECRET,
+      HEARTBEAT_INTERVAL: '0.1',
+      CONNECTION_TIMEOUT: '30',
+    })
   })
   afterAll(() => auth.close())
 
@@ -266,8 +270,12 @@ describe('pointless reconnects are not made', () => {
 
 describe('token refresh', () => {
   let auth: TestServer
-  beforeAll(() => {
-    auth = startServer({ AUTH_SECRET: SECRET, HEARTBEAT_INTERVAL: '0.1', CONNECTION_TIMEOUT: '30' })
+  beforeAll(async () => {
+    auth = await startServerOnTestStore({
+      AUTH_SECRET: SECRET,
+      HEARTBEAT_INTERVAL: '0.1',
+      CONNECTION_TIMEOUT: '30',
+    })
   })
   afterAll(() => auth.close())
 
@@ -313,8 +321,10 @@ describe('token refresh', () => {
     const dropped = await client.once('disconnected')
     expect(dropped.reason).toBe('token_expired')
     fail = false
+    // The reconnect may resync while the publish below is still committing.
+    const resynced = client.once('resynced')
     await postJson(auth, '/api/ws/broadcast/channel', { channel: collection, message: 2 })
-    await client.once('resynced')
+    await resynced
     await postJson(auth, '/api/ws/broadcast/channel', { channel: collection, message: 3 })
     while (received.length < 3) await subscription.once('message')
     expect(received).toEqual([1, 2, 3])
@@ -324,7 +334,7 @@ describe('token refresh', () => {
 
 describe('subscriptions', () => {
   test('history no longer held: a typed reset event, then live again', async () => {
-    const small = startServer({ HISTORY_MAX_PER_COLLECTION: '5' })
+    const small = await startServerOnTestStore({ HISTORY_MAX_PER_COLLECTION: '5' })
     const client = new RealtimeClient({ url: small.url, userId: 'late' })
     const collection = uniqueName('record')
     const subscription = client.subscribe(collection)

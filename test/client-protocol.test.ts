@@ -4,14 +4,17 @@ import { ServerMessage, serverMessageSchemas } from '../src/protocol/server-mess
 import {
   type ServerMessage as Frame,
   postJson,
-  startServer,
+  startServerOnTestStore,
   TestClient,
   type TestServer,
 } from './helpers.ts'
 
 let server: TestServer
-beforeAll(() => {
-  server = startServer({ PRESENCE_MAX_MEMBERS: '3', PRESENCE_MODES: 'count_=count' })
+beforeAll(async () => {
+  server = await startServerOnTestStore({
+    PRESENCE_MAX_MEMBERS: '3',
+    PRESENCE_MODES: 'count_=count',
+  })
 })
 afterAll(() => server.close())
 

@@ -1,10 +1,16 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { type ChannelPresence, type OpEvent, RealtimeClient } from '../src/client/index.ts'
-import { getJson, postJson, startServer, type TestServer, uniqueName } from './helpers.ts'
+import {
+  getJson,
+  postJson,
+  startServerOnTestStore,
+  type TestServer,
+  uniqueName,
+} from './helpers.ts'
 
 let server: TestServer
-beforeAll(() => {
-  server = startServer()
+beforeAll(async () => {
+  server = await startServerOnTestStore()
 })
 afterAll(() => server.close())
 
@@ -17,7 +23,10 @@ describe('resuming after a reconnect', () => {
     await feed.ready
     await doc.subscribe()
     await doc.create({ n: 0, items: [] })
+    // In a cluster the broadcast reaches the feed through Redis, after the REST reply.
+    const seen = feed.once('message')
     await postJson(server, '/api/ws/broadcast/channel', { channel: collection, message: 'seen' })
+    await seen
     const ops: OpEvent[] = []
     const messages: number[] = []
     feed.on('op', (event) => ops.push(event))
@@ -136,7 +145,7 @@ describe('presence', () => {
   })
 
   test('a channel past PRESENCE_MAX_MEMBERS switches to counts (mode event) and back', async () => {
-    const capped = startServer({ PRESENCE_MAX_MEMBERS: '4' })
+    const capped = await startServerOnTestStore({ PRESENCE_MAX_MEMBERS: '4' })
     const channel = uniqueName('record')
     const watcher = new RealtimeClient({ url: capped.url, userId: 'w' })
     const seen = watcher.presence(channel)

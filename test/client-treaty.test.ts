@@ -1,12 +1,12 @@
 import { afterAll, beforeAll, expect, test } from 'bun:test'
 import { treaty } from '@elysiajs/eden'
 import type { App } from '../src/index.ts'
-import { startServer, TestClient, type TestServer, uniqueName } from './helpers.ts'
+import { startServerOnTestStore, TestClient, type TestServer, uniqueName } from './helpers.ts'
 
 let server: TestServer
 let api: ReturnType<typeof treaty<App>>
-beforeAll(() => {
-  server = startServer()
+beforeAll(async () => {
+  server = await startServerOnTestStore()
   api = treaty<App>(server.url)
 })
 afterAll(() => server.close())

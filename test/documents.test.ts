@@ -2,15 +2,15 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import {
   getJson,
   postJson,
-  startServer,
+  startServerOnTestStore,
   TestClient,
   type TestServer,
   uniqueName,
 } from './helpers.ts'
 
 let server: TestServer
-beforeAll(() => {
-  server = startServer()
+beforeAll(async () => {
+  server = await startServerOnTestStore()
 })
 afterAll(() => server.close())
 

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { type Env, loadConfig } from '../src/config.ts'
 import { createLogger } from '../src/observability/logger.ts'
-import { createServer, type RealtimeServer } from '../src/server.ts'
+import { createServer, type RealtimeServer, startServer as startAnyServer } from '../src/server.ts'
+import { freshDatabase, freshRedisPrefix } from './support/services.ts'
 
 export interface ServerMessage {
   type: string
@@ -52,6 +53,77 @@ export function startServer(env: Env = {}): TestServer {
     async close() {
       await server.stop()
       dir.remove()
+    },
+  }
+}
+
+/**
+ * The store the store-neutral suites run on (TEST_STORE): `sqlite` (unset,
+ * the default), `postgres` (PostgreSQL, one process, no Redis) or `cluster`
+ * (PostgreSQL and Redis, cluster mode, one in-process node). `bun run test`
+ * runs STORE_SUITES on the other two after the normal run.
+ */
+export type TestStore = 'sqlite' | 'postgres' | 'cluster'
+
+function readTestStore(): TestStore {
+  const value = process.env.TEST_STORE ?? 'sqlite'
+  if (value !== 'sqlite' && value !== 'postgres' && value !== 'cluster')
+    throw new Error(`TEST_STORE: expected sqlite, postgres or cluster, got "${value}"`)
+  return value
+}
+
+export const testStore: TestStore = readTestStore()
+
+let serverCount = 0
+
+/**
+ * A real server on an ephemeral port, on the store TEST_STORE names: SQLite
+ * in a fresh directory as startServer, or PostgreSQL in a fresh database
+ * (and, for `cluster`, Redis under a fresh key prefix with a NODE_ID of its
+ * own). close() stops it and drops the database and the keys.
+ */
+export async function startServerOnTestStore(env: Env = {}): Promise<TestServer> {
+  if (testStore === 'sqlite') return startServer(env)
+  // Deployments on PostgreSQL set it (docs/CLUSTER.md); Bun reads it only at start.
+  if (process.env.BUN_FEATURE_FLAG_DISABLE_SQL_AUTO_PIPELINING !== '1')
+    throw new Error(
+      `TEST_STORE=${testStore} needs BUN_FEATURE_FLAG_DISABLE_SQL_AUTO_PIPELINING=1 in bun test's environment`,
+    )
+  const db = await freshDatabase()
+  const redis = testStore === 'cluster' ? freshRedisPrefix() : undefined
+  const cleanUp = async () => {
+    await db.drop()
+    await redis?.clean()
+  }
+  let server: RealtimeServer
+  try {
+    const config = loadConfig({
+      SOCKET_PORT: '0',
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'silent',
+      ...TEST_LIMITS,
+      ...env,
+      DATABASE_URL: db.url,
+      ...(redis && {
+        REDIS_URL: redis.url,
+        REDIS_PREFIX: redis.prefix,
+        NODE_ID: `test-${process.pid}-${++serverCount}`,
+      }),
+    })
+    server = await startAnyServer(config, createLogger(config))
+  } catch (error) {
+    await cleanUp()
+    throw error
+  }
+  return {
+    ...server,
+    wsUrl: `ws://127.0.0.1:${server.port}/api/ws/socket`,
+    async close() {
+      try {
+        await server.stop()
+      } finally {
+        await cleanUp()
+      }
     },
   }
 }

@@ -9,6 +9,7 @@ import {
   postJson,
   spawnServer,
   startServer,
+  startServerOnTestStore,
   TestClient,
   tempDir,
 } from './helpers.ts'
@@ -23,7 +24,7 @@ function sample(text: string, name: string, labels = ''): number | undefined {
 
 describe('metrics', () => {
   test('values match a scripted scenario', async () => {
-    const server = startServer()
+    const server = await startServerOnTestStore()
     try {
       const a = await TestClient.connect(server, { user_id: 'ma' })
       const b = await TestClient.connect(server, { user_id: 'mb' })
@@ -84,7 +85,7 @@ describe('metrics', () => {
   })
 
   test('/metrics and /admin are guarded like the server API; health is public', async () => {
-    const server = startServer({ ADMIN_TOKEN: 'ops-token' })
+    const server = await startServerOnTestStore({ ADMIN_TOKEN: 'ops-token' })
     try {
       expect((await fetch(`${server.url}/metrics`)).status).toBe(401)
       expect(

@@ -1,9 +1,15 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { postJson, startServer, TestClient, type TestServer, uniqueName } from './helpers.ts'
+import {
+  postJson,
+  startServerOnTestStore,
+  TestClient,
+  type TestServer,
+  uniqueName,
+} from './helpers.ts'
 
 let server: TestServer
-beforeAll(() => {
-  server = startServer()
+beforeAll(async () => {
+  server = await startServerOnTestStore()
 })
 afterAll(() => server.close())
 
@@ -207,7 +213,10 @@ describe('document resume', () => {
 
 describe('retention', () => {
   test('prunes past HISTORY_MAX_PER_COLLECTION; resuming from a pruned offset is not recovered', async () => {
-    const small = startServer({ HISTORY_MAX_PER_COLLECTION: '10', HISTORY_PRUNE_INTERVAL: '3600' })
+    const small = await startServerOnTestStore({
+      HISTORY_MAX_PER_COLLECTION: '10',
+      HISTORY_PRUNE_INTERVAL: '3600',
+    })
     try {
       const collection = uniqueName('record')
       const writer = await TestClient.connect(small)
@@ -272,7 +281,10 @@ describe('retention', () => {
   })
 
   test('prunes entries older than HISTORY_TTL', async () => {
-    const short = startServer({ HISTORY_TTL: '0.2', HISTORY_PRUNE_INTERVAL: '3600' })
+    const short = await startServerOnTestStore({
+      HISTORY_TTL: '0.2',
+      HISTORY_PRUNE_INTERVAL: '3600',
+    })
     try {
       const collection = uniqueName('record')
       for (let i = 0; i < 5; i++)
@@ -294,7 +306,10 @@ describe('retention', () => {
   })
 
   test('the background pass runs on its own', async () => {
-    const auto = startServer({ HISTORY_MAX_PER_COLLECTION: '2', HISTORY_PRUNE_INTERVAL: '0.05' })
+    const auto = await startServerOnTestStore({
+      HISTORY_MAX_PER_COLLECTION: '2',
+      HISTORY_PRUNE_INTERVAL: '0.05',
+    })
     try {
       const collection = uniqueName('record')
       for (let i = 0; i < 6; i++)

@@ -1,9 +1,15 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { startServer, TestClient, type TestServer, uniqueName, upgradeRequest } from './helpers.ts'
+import {
+  startServerOnTestStore,
+  TestClient,
+  type TestServer,
+  uniqueName,
+  upgradeRequest,
+} from './helpers.ts'
 
 let server: TestServer
-beforeAll(() => {
-  server = startServer({ MAX_MESSAGE_SIZE: '4096' })
+beforeAll(async () => {
+  server = await startServerOnTestStore({ MAX_MESSAGE_SIZE: '4096' })
 })
 afterAll(() => server.close())
 
@@ -96,8 +102,9 @@ describe('replies', () => {
     messages.forEach((message, i) => {
       client.send({ ...message, id: `m${i}` })
     })
+    // Replies that wait for the store (subscribe, query, submit) come when it answers.
+    await Promise.all(messages.map((_, i) => client.next((m) => m.id === `m${i}`)))
     await client.settle()
-    await client.settle() // the submit's ack is sent after its batch commits
     for (let i = 0; i < messages.length; i++)
       expect(client.all((m) => m.id === `m${i}`)).toHaveLength(1)
     await client.close()

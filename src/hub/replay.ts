@@ -36,6 +36,13 @@ interface Replay {
   readonly acks: Map<number, () => void>
   /** A store read is in flight (asynchronous stores): the pump goes on when it is back. */
   reading: boolean
+  /**
+   * Queued behind a replay of an overlapping channel of the same connection
+   * (a collection and one of its documents): the two would interleave their
+   * pages, so the document's entries would reach the collection's listener
+   * out of offset order. It starts when that one has gone live.
+   */
+  waiting: boolean
 }
 
 /** What a replay needs from the socket handler. */
@@ -114,17 +121,27 @@ export class Replays {
       live: [],
       acks: new Map(),
       reading: false,
+      waiting: false,
     }
-    // Entries another live subscription carries from now on are not sent twice.
-    const head = this.streams.delivered(ref.collection)
-    for (const other of connection.channels)
-      if (overlaps(ref, other)) replay.live.push({ channel: other, from: head, to: Infinity })
     let replays = this.active.get(connection)
     if (!replays) {
       replays = new Map()
       this.active.set(connection, replays)
     }
+    replay.waiting = [...replays.values()].some((other) => overlaps(ref, other.channel))
     replays.set(channel, replay)
+    if (!replay.waiting) this.begin(connection, replay)
+  }
+
+  /** Starts sending: entries another live subscription carries from now on are not sent twice. */
+  private begin(connection: Connection, replay: Replay): void {
+    replay.waiting = false
+    replay.progressAt = performance.now()
+    const head = this.streams.delivered(replay.ref.collection)
+    replay.live.length = 0
+    for (const other of connection.channels)
+      if (overlaps(replay.ref, other))
+        replay.live.push({ channel: other, from: head, to: Infinity })
     this.pump(connection, replay)
   }
 
@@ -159,7 +176,8 @@ export class Replays {
     if (this.active.size === 0) return false // checked for every connection, every sweep
     const replays = this.active.get(connection)
     if (!replays) return false
-    for (const replay of replays.values()) if (replay.progressAt < since) return true
+    for (const replay of replays.values())
+      if (!replay.waiting && replay.progressAt < since) return true
     return false
   }
 
@@ -207,7 +225,7 @@ export class Replays {
   }
 
   private pump(connection: Connection, replay: Replay): void {
-    if (replay.reading) return
+    if (replay.reading || replay.waiting) return
     const failed = (error: unknown) => {
       replay.reading = false
       if (!this.isActive(connection, replay)) return
@@ -363,6 +381,17 @@ export class Replays {
     replays?.delete(replay.channel)
     if (replays?.size === 0) this.active.delete(connection)
     for (const offset of [...replay.acks.keys()].sort((a, b) => a - b)) replay.acks.get(offset)?.()
+    // A replay queued behind this one starts once nothing running overlaps it (after this one went live).
+    if (!replays || !connection.open) return
+    queueMicrotask(() => {
+      for (const queued of [...replays.values()]) {
+        if (!queued.waiting || this.active.get(connection)?.get(queued.channel) !== queued) continue
+        const running = [...replays.values()].some(
+          (other) => !other.waiting && overlaps(queued.ref, other.channel),
+        )
+        if (!running) this.begin(connection, queued)
+      }
+    })
   }
 }
 

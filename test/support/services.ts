@@ -148,6 +148,28 @@ export function needsServices(path: string, source: string): boolean {
   return SERVICE_SUITES.some((pattern) => pattern.test(path)) || source.includes('requireServices(')
 }
 
+/**
+ * Suites about what a client sees, whatever the store: they start their
+ * servers with startServerOnTestStore (test/helpers.ts), and `bun run test`
+ * runs them again on PostgreSQL (TEST_STORE=postgres) and in cluster mode
+ * (TEST_STORE=cluster) once the normal run is done.
+ */
+export const STORE_SUITES = [
+  'test/backlog.test.ts',
+  'test/client-core.test.ts',
+  'test/client-protocol.test.ts',
+  'test/client-regressions.test.ts',
+  'test/client-resume.test.ts',
+  'test/client-treaty.test.ts',
+  'test/documents.test.ts',
+  'test/hub.test.ts',
+  'test/ops.test.ts',
+  'test/presence.test.ts',
+  'test/replay.test.ts',
+  'test/socket.test.ts',
+  'test/strict-input.test.ts',
+]
+
 // `bun test/support/services.ts`: CI's check that both answer, naming any that does not.
 if (import.meta.main) {
   const missing = await missingServices()
