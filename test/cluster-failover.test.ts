@@ -9,6 +9,7 @@ import {
   uniqueName,
   within,
 } from './helpers.ts'
+import { withCleanup } from './support/cleanup.ts'
 import { type ClusterNode, startCluster } from './support/cluster.ts'
 import { fullHistory, replaySnapshot } from './support/history.ts'
 import { startRedisServer } from './support/redis-server.ts'
@@ -304,31 +305,6 @@ function logged(
       if (!node.lines.slice(from[i]).some((line) => line.includes(text)))
         throw new Error(`${node.id} did not log "${text}"`)
   }, 10_000)
-}
-
-/**
- * Runs a test body that registers its cleanups with `defer`; they run newest
- * first whatever happened. A cleanup's failure is thrown only when the body
- * passed (its own failure says more).
- */
-async function withCleanup(
-  body: (defer: (step: () => unknown) => void) => Promise<void>,
-): Promise<void> {
-  const steps: Array<() => unknown> = []
-  let failure: { error: unknown } | undefined
-  try {
-    await body((step) => steps.push(step))
-  } catch (error) {
-    failure = { error }
-  }
-  for (const step of steps.reverse()) {
-    try {
-      await step()
-    } catch (error) {
-      failure ??= { error }
-    }
-  }
-  if (failure) throw failure.error
 }
 
 describe('failover', () => {

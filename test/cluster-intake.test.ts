@@ -1,6 +1,7 @@
 import { describe, expect, test } from 'bun:test'
 import Redis from 'ioredis'
 import { eventually, getJson, type ServerMessage, uniqueName } from './helpers.ts'
+import { withCleanup } from './support/cleanup.ts'
 import { type Cluster, type ClusterNode, startCluster } from './support/cluster.ts'
 import { fullHistory } from './support/history.ts'
 import { startRelay } from './support/relay.ts'
@@ -15,27 +16,6 @@ await requireServices()
 
 const GROUP = 'teable-realtime'
 const DOCUMENTS = 10
-
-/** Runs the body, then every deferred cleanup (last first), then throws the first failure. */
-async function withCleanup(
-  body: (defer: (step: () => unknown) => void) => Promise<void>,
-): Promise<void> {
-  const steps: Array<() => unknown> = []
-  let failure: { error: unknown } | undefined
-  try {
-    await body((step) => steps.push(step))
-  } catch (error) {
-    failure = { error }
-  }
-  for (const step of steps.reverse()) {
-    try {
-      await step()
-    } catch (error) {
-      failure ??= { error }
-    }
-  }
-  if (failure) throw failure.error
-}
 
 /**
  * A cluster consuming a stream of its own. The cluster's key prefix is made

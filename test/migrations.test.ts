@@ -2,14 +2,15 @@ import { Database } from 'bun:sqlite'
 import { expect, test } from 'bun:test'
 import { join } from 'node:path'
 import { openStore } from '../src/db/database.ts'
-import { migrationsIndexSource } from '../src/db/gen-migrations.ts'
+import { INDEXES, migrationsIndexSource } from '../src/db/gen-migrations.ts'
 import { tempDir } from './helpers.ts'
 
 const root = join(import.meta.dir, '..')
 
 test('the embedded migrations index lists every drizzle/*.sql (run `bun run db:generate`)', async () => {
   const committed = await Bun.file(join(root, 'src/db/migrations.gen.ts')).text()
-  expect(committed).toBe(migrationsIndexSource(join(root, 'drizzle')))
+  const sqlite = INDEXES[0]
+  expect(committed).toBe(migrationsIndexSource(join(root, sqlite.migrations), sqlite.from))
 })
 
 test('migrations apply once to a new database and are recorded', () => {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { join } from 'node:path'
 import { SQL } from 'bun'
 import { StoreError } from '../src/db/database.ts'
-import { postgresMigrationsIndexSource } from '../src/store/postgres/gen-migrations.ts'
+import { INDEXES, migrationsIndexSource } from '../src/db/gen-migrations.ts'
 import { openPostgresStore, type PostgresStore } from '../src/store/postgres/postgres-store.ts'
 import { openSqliteStore } from '../src/store/sqlite.ts'
 import {
@@ -192,7 +192,8 @@ const session = (fields: Partial<SessionRecord> & { connectionId: string }): Ses
 
 test('the embedded PostgreSQL migrations index lists every drizzle/postgres/*.sql', async () => {
   const committed = await Bun.file(join(root, 'src/store/postgres/migrations.gen.ts')).text()
-  expect(committed).toBe(postgresMigrationsIndexSource(join(root, 'drizzle/postgres')))
+  const postgres = INDEXES[1]
+  expect(committed).toBe(migrationsIndexSource(join(root, postgres.migrations), postgres.from))
 })
 
 for (const subject of [sqlite, postgres]) {

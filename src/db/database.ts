@@ -1,11 +1,11 @@
 import { Database, SQLiteError } from 'bun:sqlite'
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { mkdirSync, statSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { type BunSQLiteDatabase, drizzle } from 'drizzle-orm/bun-sqlite'
 import { migrate } from 'drizzle-orm/bun-sqlite/migrator'
 import type { Logger } from '../observability/logger.ts'
 import { journal, migrationSql } from './migrations.gen.ts'
+import { withMigrationsFolder } from './migrations-folder.ts'
 import * as schema from './schema.ts'
 
 export type Db = BunSQLiteDatabase<typeof schema>
@@ -212,20 +212,8 @@ export class StoreHealth {
   }
 }
 
-/**
- * Drizzle's migrator reads a folder; the migrations are embedded in the
- * program (so the compiled binary has them), so they are laid out in a
- * temporary folder for it.
- */
 function applyMigrations(db: Db): void {
-  const folder = mkdtempSync(join(tmpdir(), 'teable-realtime-migrations-'))
-  try {
-    mkdirSync(join(folder, 'meta'))
-    writeFileSync(join(folder, 'meta', '_journal.json'), JSON.stringify(journal))
-    for (const [tag, sql] of Object.entries(migrationSql))
-      writeFileSync(join(folder, `${tag}.sql`), sql)
-    migrate(db, { migrationsFolder: folder })
-  } finally {
-    rmSync(folder, { recursive: true, force: true })
-  }
+  withMigrationsFolder({ journal, migrationSql }, (folder) =>
+    migrate(db, { migrationsFolder: folder }),
+  )
 }

@@ -1,11 +1,9 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { SQL } from 'bun'
 import { and, asc, desc, sql as dsql, eq, inArray } from 'drizzle-orm'
 import { type BunSQLDatabase, drizzle } from 'drizzle-orm/bun-sql'
 import { migrate } from 'drizzle-orm/bun-sql/migrator'
 import { StoreError } from '../../db/database.ts'
+import { withMigrationsFolder } from '../../db/migrations-folder.ts'
 import type { Logger } from '../../observability/logger.ts'
 import type { EndReason } from '../../protocol/close.ts'
 import type { EntryKind, EntrySource, StreamEntry } from '../../streams/entry.ts'
@@ -118,20 +116,16 @@ function messageOf(error: unknown): string {
  * every statement, so the lock covers the whole migration.
  */
 async function applyMigrations(url: string, connectionTimeout: number): Promise<void> {
-  const folder = mkdtempSync(join(tmpdir(), 'teable-realtime-pg-migrations-'))
   const sql = new SQL(url, { max: 1, connectionTimeout })
   try {
-    mkdirSync(join(folder, 'meta'))
-    writeFileSync(join(folder, 'meta', '_journal.json'), JSON.stringify(journal))
-    for (const [tag, text] of Object.entries(migrationSql))
-      writeFileSync(join(folder, `${tag}.sql`), text)
-    await sql`SELECT pg_advisory_lock(${MIGRATION_LOCK})`
-    await migrate(drizzle({ client: sql }), { migrationsFolder: folder })
-    await sql`SELECT pg_advisory_unlock(${MIGRATION_LOCK})`
+    await withMigrationsFolder({ journal, migrationSql }, async (folder) => {
+      await sql`SELECT pg_advisory_lock(${MIGRATION_LOCK})`
+      await migrate(drizzle({ client: sql }), { migrationsFolder: folder })
+      await sql`SELECT pg_advisory_unlock(${MIGRATION_LOCK})`
+    })
   } finally {
     // Closing ends the session, which releases the lock after a failure too.
     await sql.close()
-    rmSync(folder, { recursive: true, force: true })
   }
 }
 
