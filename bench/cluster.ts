@@ -17,6 +17,7 @@ import { freshDatabase, freshRedisPrefix } from '../test/support/services.ts'
 import {
   type CpuShares,
   fmt,
+  ourServer,
   type ProcessSample,
   type QuietChild,
   runProfiled,
@@ -97,7 +98,7 @@ async function stopServer(server: QuietChild): Promise<void> {
 /** Starts the processes together; every one that started is stopped at cleanup, together. */
 async function startServers(envs: Array<Record<string, string>>): Promise<QuietChild[]> {
   const started = await Promise.allSettled(
-    envs.map((env) => startReady(['bun', 'src/main.ts'], { ...serverEnv, ...env })),
+    envs.map((env) => startReady(ourServer(), { ...serverEnv, ...env })),
   )
   const servers = started.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []))
   cleanups.push(async () => {

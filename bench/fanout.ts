@@ -51,7 +51,7 @@ for (const subscribers of sizes) {
         ],
         { BENCH_PUBLISHERS: publishers, BENCH_WINDOW: window },
       )
-      results.push({ ...result, rss: await server.rssMiB() })
+      results.push({ ...result, rss: await server.peakMiB() })
     } finally {
       await server.stop()
       server.cleanup()
@@ -68,6 +68,7 @@ for (const subscribers of sizes) {
       fmt((r.serverCpu / r.deliveries) * 1e6, 2),
       fmt(r.frameBytes),
       fmt(r.rss, 1),
+      `${fmt(r.rss / baseline.rss, 2)}×`,
     ])
   })
 }
@@ -95,7 +96,7 @@ const svg = chart(
       ],
     },
     {
-      title: 'server RSS right after the run',
+      title: 'server peak RSS (connects and the run)',
       unit: 'MiB',
       series: [
         {
@@ -135,7 +136,8 @@ console.log(
       'vs bare (same bytes)',
       'server CPU s / 1M deliveries',
       'bytes/frame',
-      'server RSS MiB',
+      'server peak RSS MiB',
+      'vs bare',
     ],
     rows,
   ),

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Redis from 'ioredis'
 import { freshDatabase, freshRedisPrefix } from '../test/support/services.ts'
-import { fmt, type QuietChild, runClient, startReady, table } from './lib.ts'
+import { fmt, ourServer, type QuietChild, runClient, startReady, table } from './lib.ts'
 
 const seconds = process.env.BENCH_SECONDS ?? '5'
 const restClients = process.env.BENCH_CLIENTS ?? '64'
@@ -59,7 +59,7 @@ interface Deployment {
 }
 
 async function startServer(env: Record<string, string>): Promise<QuietChild> {
-  const server = await startReady(['bun', 'src/main.ts'], { ...serverEnv, ...env })
+  const server = await startReady(ourServer(), { ...serverEnv, ...env })
   const stop = async () => {
     // A process that will not stop within 10 s is killed, so cleanup goes on.
     const stopped = server.stop()

@@ -2,8 +2,23 @@
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { bundleServer } from '../scripts/start.ts'
 
 const root = join(import.meta.dir, '..')
+
+let bundle: { entry: string; dir: string } | undefined
+/**
+ * The command that runs our server as `bun run start` does: the bundle
+ * scripts/start.ts makes, made once per benchmark process.
+ */
+export function ourServer(): string[] {
+  if (!bundle) {
+    const made = bundleServer()
+    bundle = made
+    process.on('exit', () => rmSync(made.dir, { recursive: true, force: true }))
+  }
+  return [process.execPath, bundle.entry]
+}
 
 export interface Child {
   proc: ReturnType<typeof Bun.spawn>
@@ -12,6 +27,8 @@ export interface Child {
   cpuSeconds(): Promise<number>
   /** Resident memory of the process now, in MiB (Linux /proc). */
   rssMiB(): Promise<number>
+  /** The most resident memory the process has had so far (VmHWM), in MiB. */
+  peakMiB(): Promise<number>
   stop(): Promise<void>
 }
 
@@ -69,16 +86,19 @@ function childOf(proc: ReturnType<typeof Bun.spawn>, port: number): Child {
       // utime and stime are fields 14 and 15 of stat, in clock ticks (100 Hz on Linux).
       return (Number(fields[11]) + Number(fields[12])) / 100
     },
-    async rssMiB() {
-      const status = await Bun.file(`/proc/${proc.pid}/status`).text()
-      const kb = Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0)
-      return kb / 1024
-    },
+    rssMiB: () => statusMiB(proc.pid, 'VmRSS'),
+    peakMiB: () => statusMiB(proc.pid, 'VmHWM'),
     async stop() {
       proc.kill('SIGTERM')
       await proc.exited
     },
   }
+}
+
+/** A memory figure of /proc/<pid>/status, in MiB. */
+async function statusMiB(pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
+  const status = await Bun.file(`/proc/${pid}/status`).text()
+  return Number(status.match(new RegExp(`${field}:\\s+(\\d+)`))?.[1] ?? 0) / 1024
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick). */
@@ -149,7 +169,7 @@ export async function startOurs(
   env: Record<string, string> = {},
 ): Promise<Child & { cleanup(): void }> {
   const dir = mkdtempSync(join(tmpdir(), 'teable-realtime-bench-'))
-  const child = await startChild(['bun', 'src/main.ts'], {
+  const child = await startChild(ourServer(), {
     SOCKET_PORT: '0',
     HOST: '0.0.0.0',
     // "listening" (with the port) is an info line; nothing is logged per message.

@@ -11,7 +11,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type Child, fmt, startChild, table } from './lib.ts'
+import { type Child, fmt, ourServer, startChild, table } from './lib.ts'
 
 const clients = Number(process.env.BENCH_CLIENTS ?? 5000)
 const collections = Number(process.env.BENCH_COLLECTIONS ?? 50)
@@ -39,7 +39,7 @@ async function freePort(): Promise<number> {
 
 /** Our server with default limits (as `bun run start`), on the given database and port. */
 function start(dbPath: string, port: number): Promise<Child> {
-  return startChild(['bun', 'src/main.ts'], {
+  return startChild(ourServer(), {
     SOCKET_PORT: String(port),
     HOST: '0.0.0.0',
     LOG_LEVEL: 'info',

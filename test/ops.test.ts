@@ -1,6 +1,6 @@
 import { Database } from 'bun:sqlite'
 import { describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync, statSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import {
@@ -210,6 +210,43 @@ describe('logs', () => {
     expect(text).toContain('INFO')
     expect(text).toContain('listening')
     expect(text.trim().startsWith('{')).toBe(false)
+  })
+})
+
+describe('bun run start', () => {
+  test("runs the bundled server from the caller's directory, stops on SIGTERM and removes its bundle", async () => {
+    const work = mkdtempSync(join(tmpdir(), 'teable-realtime-start-test-'))
+    const bundles = join(work, 'tmp')
+    mkdirSync(bundles)
+    try {
+      const server = await spawnServer(
+        // TMPDIR: where the start script puts its bundle, so the test can see it made and removed.
+        { TMPDIR: bundles },
+        { argv: ['bun', join(import.meta.dir, '..', 'scripts', 'start.ts')], cwd: work },
+      )
+      try {
+        expect(readdirSync(bundles)).toHaveLength(1)
+        // No DB_PATH: ./data/realtime.db of the directory it was started from.
+        expect(statSync(join(work, 'data', 'realtime.db')).size).toBeGreaterThan(0)
+        const client = await TestClient.connect(server)
+        await client.ok({ type: 'subscribe', collection: 'record_start' })
+        await postJson(server, '/api/ws/publish/record', {
+          table_id: 'start',
+          record_id: 'r1',
+          operation: [{ p: ['f'], oi: 1 }],
+        })
+        expect((await client.next((m) => m.type === 'op')).data.op).toEqual([{ p: ['f'], oi: 1 }])
+        await client.close()
+        expect((await fetch(`${server.url}/swagger/assets/swagger-ui-bundle.js`)).status).toBe(200)
+      } finally {
+        server.proc.kill('SIGTERM')
+        expect(await server.exited).toBe(0)
+      }
+      expect(server.lines.some((line) => line.includes('"msg":"stopped"'))).toBe(true)
+      expect(readdirSync(bundles)).toEqual([])
+    } finally {
+      rmSync(work, { recursive: true, force: true })
+    }
   })
 })
 

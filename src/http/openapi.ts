@@ -1,3 +1,4 @@
+import { isAbsolute, join } from 'node:path'
 import { openapi } from '@elysiajs/openapi'
 import { Elysia } from 'elysia'
 // Embedded as files, read when asked for: imported as text, the 1.7 MB
@@ -13,8 +14,9 @@ const ASSETS = '/swagger/assets'
  * page works with no internet (the plugin would load them from a CDN).
  */
 export function openapiRoutes(version: string) {
+  // Absolute from the source and inside the binary; relative to the bundle `bun run start` runs.
   const asset = (path: string, type: string) => () =>
-    new Response(Bun.file(path), {
+    new Response(Bun.file(isAbsolute(path) ? path : join(import.meta.dir, path)), {
       headers: { 'content-type': type, 'cache-control': 'public, max-age=86400' },
     })
   return new Elysia({ name: 'openapi' })
