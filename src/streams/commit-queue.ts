@@ -3,6 +3,7 @@ import type { DocumentStore } from '../documents/document-store.ts'
 import type { Logger } from '../observability/logger.ts'
 import { ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import {
+  type CommitPlan,
   type IntakeMark,
   isPromise,
   type Maybe,
@@ -197,11 +198,10 @@ export class CommitQueue {
           const marks = jobs.flatMap((job, i) =>
             job.marks !== undefined && outcomes[i]?.error === undefined ? job.marks : [],
           )
-          return tx.write({
-            ...this.streams.plan(),
-            documents: this.documents.plan(),
-            ...(marks.length > 0 && { marks }),
-          })
+          const { entries, heads } = this.streams.plan()
+          const plan: CommitPlan = { entries, heads, documents: this.documents.plan() }
+          if (marks.length > 0) plan.marks = marks
+          return tx.write(plan)
         }
         return isPromise(loaded) ? loaded.then(write) : write()
       })

@@ -105,10 +105,15 @@ export class StreamStore {
     for (const entry of entries) this.prefetched.set(key(entry.collection, entry.offset), entry)
   }
 
-  /** Appends with the collection's next offset, held until the batch is written. */
+  /**
+   * Appends with the collection's next offset, held until the batch is
+   * written. Takes `input` over (it becomes the entry): a copy per publish
+   * was ~3% of the publish path's CPU (bench:record).
+   */
   append(input: NewEntry): StreamEntry {
     const offset = this.head(input.collection) + 1
-    const entry: StreamEntry = { ...input, offset }
+    const entry = input as StreamEntry
+    entry.offset = offset
     this.pending.set(key(entry.collection, offset), entry)
     this.order.push(entry)
     this.heads.set(entry.collection, offset)
