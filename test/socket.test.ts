@@ -26,9 +26,10 @@ describe('connecting', () => {
     await client.close()
   })
 
-  test('makes a session id when none is given', async () => {
+  test('makes a session id when none is given: the connection id', async () => {
     const client = await TestClient.connect(server, { user_id: 'bob' })
     expect(client.connected.data.session_id).toMatch(/^[0-9a-f-]{36}$/)
+    expect(client.connected.data.session_id).toBe(client.connected.data.connection_id)
     await client.close()
   })
 

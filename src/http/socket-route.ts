@@ -180,7 +180,7 @@ export function socketFrames(
         ws,
         {
           userId: admission.userId,
-          sessionId: sessionId?.trim() || crypto.randomUUID(),
+          sessionId: sessionId?.trim() || undefined,
           userAgent,
           remoteAddress: admission.address,
         },

@@ -123,14 +123,17 @@ export class ClientHandler {
     const connection = this.hub.register(socket, info, now)
     connection.grants = identity?.grants
     connection.expiresAt = identity?.expiresAt
-    const { userId, sessionId } = info
     this.hub.send(
       connection,
       'connected',
       encode({ type: 'connected', data: this.connectedPayload(connection) }),
     )
     this.connectionLog.debug(
-      { connection_id: connection.id, user_id: userId, session_id: sessionId },
+      {
+        connection_id: connection.id,
+        user_id: connection.userId,
+        session_id: connection.sessionId,
+      },
       'connected',
     )
     return connection

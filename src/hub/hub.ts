@@ -21,7 +21,8 @@ export interface ConnectionListener {
 /** Who is on the other end, as the upgrade request told. */
 export interface ClientInfo {
   userId: string
-  sessionId: string
+  /** The client's session_id; without one, the session is this connection (its id). */
+  sessionId: string | undefined
   userAgent: string | null
   remoteAddress: string | null
 }
@@ -67,11 +68,13 @@ export class Hub {
 
   register(socket: Socket, info: ClientInfo, now: number): Connection {
     const { userId, sessionId, userAgent, remoteAddress } = info
+    const id = crypto.randomUUID()
     const connection = new Connection(
       socket,
-      crypto.randomUUID(),
+      id,
       userId,
-      sessionId,
+      // The same string, not a second UUID: ~80 bytes less per connection.
+      sessionId ?? id,
       now,
       this.shared(userAgent),
       this.shared(remoteAddress),
