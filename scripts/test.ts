@@ -1,17 +1,21 @@
 /**
- * `bun run test`: every suite when PostgreSQL and Redis answer. Without
- * them, the suites that need neither, then one line naming the ones left out
- * and why; with REQUIRE_SERVICES=1 (CI) a missing service fails the run at
- * once instead. Arguments go to `bun test` unchanged. Without arguments and
- * with both services, STORE_SUITES then run again with TEST_STORE=postgres
- * and TEST_STORE=cluster. Any failing run fails ours. Which suites need the
- * services: needsServices in test/support/services.ts.
+ * `bun run test`: every suite when PostgreSQL and Redis answer and nginx is
+ * installed. Without them, the suites that need neither, then one line per
+ * missing piece naming the suites left out and why; with REQUIRE_SERVICES=1
+ * (CI) a missing one fails the run at once instead. Arguments go to `bun
+ * test` unchanged. Without arguments and with both services, STORE_SUITES
+ * then run again with TEST_STORE=postgres and TEST_STORE=cluster. Any
+ * failing run fails ours. Which suites need what: needsServices and
+ * needsNginx in test/support/services.ts.
  */
 
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Glob } from 'bun'
+import { NGINX } from '../test/support/nginx.ts'
 import {
   missingServices,
+  needsNginx,
   needsServices,
   STORE_SUITES,
   SUITES_GLOB,
@@ -20,18 +24,30 @@ import {
 const root = join(import.meta.dir, '..')
 const args = process.argv.slice(2)
 
-async function serviceSuites(): Promise<string[]> {
+/** The suites `needs` picks, sorted. */
+async function suitesThat(needs: (path: string, source: string) => boolean): Promise<string[]> {
   const suites: string[] = []
   for await (const path of new Glob(SUITES_GLOB).scan({ cwd: root }))
-    if (needsServices(path, await Bun.file(join(root, path)).text())) suites.push(path)
+    if (needs(path, await Bun.file(join(root, path)).text())) suites.push(path)
   return suites.sort()
 }
 
 const missing = await missingServices()
-const left = missing === undefined ? [] : await serviceSuites()
-const report = left.length > 0 ? `(${missing}): ${left.join(', ')}` : undefined
-if (report !== undefined && process.env.REQUIRE_SERVICES === '1') {
-  console.error(`REQUIRE_SERVICES=1: cannot run ${report}`)
+const reports: string[] = []
+const left = new Set<string>()
+if (missing !== undefined) {
+  const suites = await suitesThat(needsServices)
+  for (const suite of suites) left.add(suite)
+  if (suites.length > 0) reports.push(`(${missing}): ${suites.join(', ')}`)
+}
+if (!existsSync(NGINX)) {
+  const suites = (await suitesThat((_, source) => needsNginx(source))).filter((s) => !left.has(s))
+  for (const suite of suites) left.add(suite)
+  if (suites.length > 0)
+    reports.push(`(nginx not installed at ${NGINX}; Debian: nginx-light): ${suites.join(', ')}`)
+}
+if (reports.length > 0 && process.env.REQUIRE_SERVICES === '1') {
+  for (const report of reports) console.error(`REQUIRE_SERVICES=1: cannot run ${report}`)
   process.exit(1)
 }
 
@@ -41,7 +57,7 @@ const test = Bun.spawn(
     'test',
     // A suite that dies mid-run leaves no nginx or server process behind.
     '--no-orphans',
-    ...left.map((path) => `--path-ignore-patterns=${path}`),
+    ...[...left].map((path) => `--path-ignore-patterns=${path}`),
     ...args,
   ],
   { cwd: root, stdio: ['inherit', 'inherit', 'inherit'] },
@@ -66,5 +82,5 @@ if (missing === undefined && args.length === 0)
   }
 
 // Last, where it is seen: a run that passed without these suites did not test them.
-if (report !== undefined) console.error(`skipped ${report}`)
+for (const report of reports) console.error(`skipped ${report}`)
 process.exit(code)

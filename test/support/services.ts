@@ -148,6 +148,11 @@ export function needsServices(path: string, source: string): boolean {
   return SERVICE_SUITES.some((pattern) => pattern.test(path)) || source.includes('requireServices(')
 }
 
+/** The suites that start nginx (Debian's nginx-light): they need it installed. */
+export function needsNginx(source: string): boolean {
+  return source.includes('startNginx(') || source.includes('nginx: true')
+}
+
 /**
  * Suites about what a client sees, whatever the store: they start their
  * servers with startServerOnTestStore (test/helpers.ts), and `bun run test`
