@@ -164,7 +164,18 @@ describe('presence over the cluster', () => {
       3000,
     )
     expect(counted.data).toEqual({ event: 'count', connections: 2, users: 2 })
-    await Promise.all([first.close(), second.close()])
+    // One user on two nodes is one user until both of its connections left.
+    const again = await connect(b, { user_id: 'f1' })
+    await again.ok({ type: 'subscribe', collection })
+    const three = await second.next((m) => isPresence('count')(m) && m.data.connections === 3, 3000)
+    expect(three.data).toEqual({ event: 'count', connections: 3, users: 2 })
+    await first.close()
+    const left = await second.next((m) => isPresence('count')(m) && m.data.connections === 2, 3000)
+    expect(left.data).toEqual({ event: 'count', connections: 2, users: 2 })
+    await again.close()
+    const alone = await second.next((m) => isPresence('count')(m) && m.data.connections === 1, 3000)
+    expect(alone.data).toEqual({ event: 'count', connections: 1, users: 1 })
+    await second.close()
 
     // PRESENCE_MAX_MEMBERS=4: the fifth member, wherever it joins, switches every node to counts.
     const capped = uniqueName('record')

@@ -253,7 +253,18 @@ describe('presence modes', () => {
     expect(stateReply.data.mode).toBe('count')
     const view = await presenceOf(collection)
     expect(view).toEqual({ channel: collection, mode: 'count', connections: 31, users: 11 })
-    await Promise.all([first, ...crowd].map((c) => c.close()))
+
+    // A user counts until its last connection leaves, by close or by unsubscribe.
+    const c0a = crowd[0] as TestClient
+    const c0b = crowd[10] as TestClient
+    const c0c = crowd[20] as TestClient
+    await Promise.all([c0a.close(), c0b.close()])
+    const fewer = await first.next((m) => m.type === 'presence' && m.data.connections === 29, 3000)
+    expect(fewer.data).toEqual({ event: 'count', connections: 29, users: 11 })
+    await c0c.ok({ type: 'unsubscribe', collection })
+    const gone = await first.next((m) => m.type === 'presence' && m.data.connections === 28, 3000)
+    expect(gone.data).toEqual({ event: 'count', connections: 28, users: 10 })
+    await Promise.all([first, ...crowd.slice(1, 10), ...crowd.slice(11)].map((c) => c.close()))
   })
 
   test('off mode tracks nothing', async () => {

@@ -150,6 +150,14 @@ export class Hub {
       yield [userId, tabs instanceof Connection ? 1 : tabs.size]
   }
 
+  /**
+   * A user's live connections as held: the Connection itself while it is the
+   * only one, else their Set (no allocation; for per-join checks).
+   */
+  tabsOf(userId: string): Connection | ReadonlySet<Connection> | undefined {
+    return this.byUser.get(userId)
+  }
+
   /** Live connections of one user. */
   connectionsOf(userId: string): number {
     const tabs = this.byUser.get(userId)
