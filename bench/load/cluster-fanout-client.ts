@@ -8,7 +8,7 @@
  * (counted by deliveries to every subscriber, so publishers never run ahead
  * of what the sockets take). Prints the deliveries per second it saw.
  */
-import { type Counter, openSubscribed } from './ws-counter.ts'
+import { type Counter, frameWaiter, openSubscribed } from './ws-counter.ts'
 
 const [urlsArg, subscribersArg, secondsArg] = process.argv.slice(2)
 if (!urlsArg || !subscribersArg)
@@ -47,6 +47,7 @@ for (let start = 0; start < subscribers; start += 500) {
   sockets.push(...(await Promise.all(batch)))
 }
 const setupFrames = counter.frames
+const frames = frameWaiter(counter)
 
 let published = 0
 let running = true
@@ -57,7 +58,7 @@ async function publishLoop(publisher: number): Promise<void> {
     const url = `${urlOf(turn)}/api/ws/broadcast/channel`
     // Publish message k only once message k-WINDOW reached every subscriber.
     while (running && counter.frames - setupFrames < (published - WINDOW) * subscribers)
-      await new Promise((resolve) => setImmediate(resolve))
+      await frames.until(setupFrames + (published - WINDOW) * subscribers)
     published++
     const response = await fetch(url, {
       method: 'POST',
@@ -83,6 +84,7 @@ const frameBytes = (counter.bytes - startBytes) / Math.max(deliveries, 1)
 const { user, system } = process.cpuUsage(cpuAtStart)
 console.log('{"phase":"end"}')
 running = false
+frames.releaseAll()
 await Promise.all(loops)
 console.log(
   JSON.stringify({

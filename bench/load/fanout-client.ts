@@ -5,7 +5,7 @@
  * deliveries, so the publisher never runs ahead of what sockets can take),
  * and prints the deliveries per second it saw.
  */
-import { type Counter, openSubscribed } from './ws-counter.ts'
+import { type Counter, frameWaiter, openSubscribed } from './ws-counter.ts'
 
 const [target, url, subscribersArg, secondsArg, bodyKind] = process.argv.slice(2)
 if (!target || !url || !subscribersArg)
@@ -34,6 +34,7 @@ const route = process.env.BENCH_ROUTE ?? 'channel'
 const collection = route === 'record' ? 'record_tbl1' : 'bench'
 const RECORDS = 64
 const counter: Counter = { frames: 0, bytes: 0 }
+const frames = frameWaiter(counter)
 
 async function subscribe(i: number) {
   const host = `127.0.0.${1 + (i % 4)}`
@@ -91,7 +92,7 @@ if (target === 'ours' && route === 'record')
   }
 if (target === 'ours' && route === 'record') {
   // The seeding ops reached every subscriber before the measured publishes start.
-  while (counter.frames < setupFrames + RECORDS * subscribers) await Bun.sleep(5)
+  await frames.until(setupFrames + RECORDS * subscribers)
   setupFrames = counter.frames
 }
 let published = 0
@@ -101,7 +102,7 @@ async function publishLoop(): Promise<void> {
   while (running) {
     // Publish message k only once message k-WINDOW reached every subscriber.
     while (running && counter.frames - setupFrames < (published - WINDOW) * subscribers)
-      await new Promise((resolve) => setImmediate(resolve))
+      await frames.until(setupFrames + (published - WINDOW) * subscribers)
     published++
     const response = await fetch(publishUrl, {
       method: 'POST',
@@ -124,6 +125,7 @@ const deliveries = counter.frames - startFrames
 const frameBytes = (counter.bytes - startBytes) / Math.max(deliveries, 1)
 console.log('{"phase":"end"}')
 running = false
+frames.releaseAll()
 await Promise.all(loops)
 console.log(
   JSON.stringify({

@@ -10,6 +10,36 @@ import type { Socket } from 'bun'
 export interface Counter {
   frames: number
   bytes: number
+  /** Called after each read that counted frames (frameWaiter sets it). */
+  onFrames?: () => void
+}
+
+/**
+ * Waits until `counter.frames` reaches a number, woken by the reads that
+ * count frames. A publisher waiting for its window then costs no CPU: a
+ * `setImmediate` spin took a share of the two cores from the server being
+ * measured, more of it the slower that server was.
+ */
+export function frameWaiter(counter: Counter) {
+  const waiting: Array<{ frames: number; resolve: () => void }> = []
+  counter.onFrames = () => {
+    for (let i = waiting.length - 1; i >= 0; i--) {
+      const waiter = waiting[i] as (typeof waiting)[number]
+      if (counter.frames < waiter.frames) continue
+      waiting.splice(i, 1)
+      waiter.resolve()
+    }
+  }
+  return {
+    until(frames: number): Promise<void> {
+      if (counter.frames >= frames) return Promise.resolve()
+      return new Promise((resolve) => waiting.push({ frames, resolve }))
+    },
+    /** Wakes every waiter (the run is over). */
+    releaseAll(): void {
+      for (const waiter of waiting.splice(0)) waiter.resolve()
+    },
+  }
 }
 
 interface State {
@@ -105,6 +135,7 @@ export async function openCounted(
           at = start + length
         }
         s.pending = at < buf.length ? Buffer.from(buf.subarray(at)) : Buffer.alloc(0)
+        counter.onFrames?.()
       },
     },
   })
