@@ -7,7 +7,7 @@ const key = (collection: string, offset: number) => `${collection}\u0000${offset
 
 /**
  * The op log as the commit queue sees it: the only writer of stream
- * entries. Heads are cached; a batch's entries are held here (`pending`)
+ * entries. Heads are cached; a batch's entries are held here (`order`)
  * and written once, with the batch, by `plan()`. A job reading a document's
  * chain sees the batch's own entries first, then those the queue read ahead
  * for it (`prefetched`: an asynchronous store cannot be read in the middle
@@ -20,8 +20,14 @@ export class StreamStore {
   /** Heads as of the last commit (`heads` runs ahead while a batch is being written). */
   private readonly committedHeads = new Map<string, number>()
   private readonly dirtyHeads = new Set<string>()
-  private readonly pending = new Map<string, StreamEntry>()
+  /** The batch's entries, in the order appended. */
   private readonly order: StreamEntry[] = []
+  /**
+   * The batch's entries by key, made from `order` when a job first reads a
+   * chain (an op behind its document): a key and a map entry per append cost
+   * every submit (bench:submit), and most batches never read one.
+   */
+  private pending: Map<string, StreamEntry> | undefined
   private readonly prefetched = new Map<string, StreamEntry>()
   /** The running write transaction while the store answers synchronously (SQLite). */
   private syncTx: WriteTransaction | undefined
@@ -114,8 +120,8 @@ export class StreamStore {
     const offset = this.head(input.collection) + 1
     const entry = input as StreamEntry
     entry.offset = offset
-    this.pending.set(key(entry.collection, offset), entry)
     this.order.push(entry)
+    this.pending?.set(key(entry.collection, offset), entry)
     this.heads.set(entry.collection, offset)
     this.dirtyHeads.add(entry.collection)
     return entry
@@ -147,7 +153,7 @@ export class StreamStore {
   }
 
   private end(): void {
-    this.pending.clear()
+    this.pending = undefined
     this.order.length = 0
     this.prefetched.clear()
     this.dirtyHeads.clear()
@@ -161,11 +167,16 @@ export class StreamStore {
    * was read ahead): callers check that it reaches `fromV`.
    */
   changesBack(collection: string, lastOffset: number | null, fromV: number): StreamEntry[] {
+    if (this.pending === undefined) {
+      this.pending = new Map()
+      for (const entry of this.order) this.pending.set(key(entry.collection, entry.offset), entry)
+    }
+    const pending = this.pending
     const changes: StreamEntry[] = []
     let offset = lastOffset
     while (offset !== null) {
       const k = key(collection, offset)
-      const entry = this.pending.get(k) ?? this.prefetched.get(k)
+      const entry = pending.get(k) ?? this.prefetched.get(k)
       if (entry === undefined) {
         const rest = this.syncTx?.changesBack(collection, offset, fromV)
         if (Array.isArray(rest)) changes.reverse().unshift(...rest)
