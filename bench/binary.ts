@@ -1,9 +1,8 @@
 /**
  * bench:binary — the single binary: its size, time from exec to /readyz
  * answering 200 in an empty directory (median of 5 starts, against
- * `bun src/main.ts` as the baseline, and `bun run start`'s bundle), and
- * resident memory when idle: of the server process (for `bun run start`,
- * the bundle's process, not the start script that waits for it).
+ * `bun src/main.ts` as the baseline, and `bun run start`, which bundles
+ * first), and resident memory when idle.
  */
 import { mkdtempSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -33,17 +32,9 @@ async function start(argv: string[], cwd: string): Promise<{ ms: number; rssMiB:
     await Bun.sleep(1)
   const ms = performance.now() - started
   await Bun.sleep(2000) // idle
-  const server = await serverProcess(child.proc.pid)
-  const status = await Bun.file(`/proc/${server}/status`).text()
-  const rssMiB = Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) / 1024
+  const rssMiB = await child.rssMiB()
   await child.stop()
   return { ms, rssMiB }
-}
-
-/** The server's pid: `pid` itself, or the one process it started (scripts/start.ts runs the bundle). */
-async function serverProcess(pid: number): Promise<number> {
-  const children = (await Bun.file(`/proc/${pid}/task/${pid}/children`).text()).trim()
-  return children === '' ? pid : Number(children.split(' ')[0])
 }
 
 const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0

@@ -2,22 +2,12 @@
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { bundleServer } from '../scripts/start.ts'
 
 const root = join(import.meta.dir, '..')
 
-let bundle: { entry: string; dir: string } | undefined
-/**
- * The command that runs our server as `bun run start` does: the bundle
- * scripts/start.ts makes, made once per benchmark process.
- */
+/** The command that runs our server as `bun run start` does (it bundles, then runs the bundle). */
 export function ourServer(): string[] {
-  if (!bundle) {
-    const made = bundleServer()
-    bundle = made
-    process.on('exit', () => rmSync(made.dir, { recursive: true, force: true }))
-  }
-  return [process.execPath, bundle.entry]
+  return [process.execPath, join(root, 'scripts', 'start.ts')]
 }
 
 export interface Child {

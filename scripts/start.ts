@@ -1,62 +1,50 @@
 /**
- * `bun run start`: bundles src/main.ts (the same bundler as `bun run build`)
- * into a directory of this start's own and runs the bundle. The bundle
- * holds ~19 MiB less resident memory than the ~250 modules of the source,
- * for the server's whole life (docs/BENCHMARKS.md), and takes ~0.2 s to
- * make. Settings, stdio, signals and the exit code are the server's.
- * `bun run dev` runs the source with --watch.
+ * `bun run start`: bundles src/main.ts (the bundler `bun run build` uses)
+ * into a directory of this start's own and runs the bundle in this process.
+ * The bundle holds ~17 MiB less resident memory than the ~250 modules of
+ * the source, for the server's whole life (docs/BENCHMARKS.md), and takes
+ * ~0.2 s to make. In this process, not a child: settings, signals, stdio
+ * and the exit code are the server's own, and nothing can outlive it. A
+ * directory per start, so processes started together never read a bundle
+ * another one is writing; removed when the process exits (a SIGKILL leaves
+ * it in the temp directory). `bun run dev` runs the source with --watch.
  */
 import { mkdtempSync, rmSync } from 'node:fs'
-import { constants, tmpdir } from 'node:os'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 const root = join(import.meta.dir, '..')
-
-/**
- * Bundles the server into a new directory and returns its entry. A
- * directory per start, so processes started together never read a bundle
- * another one is writing.
- */
-export function bundleServer(): { entry: string; dir: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'teable-realtime-start-'))
-  const build = Bun.spawnSync(
-    [
-      process.execPath,
-      'build',
-      'src/main.ts',
-      '--target=bun',
-      // Not minified, without a source map: a source map alone costs ~15 MiB
-      // resident; unminified, a stack trace still names the functions.
-      '--splitting',
-      '--outdir',
-      dir,
-    ],
-    { cwd: root, stdout: 'ignore', stderr: 'inherit' },
-  )
-  if (build.exitCode !== 0) {
-    rmSync(dir, { recursive: true, force: true })
-    throw new Error(`bundling src/main.ts failed (bun build exited ${build.exitCode})`)
-  }
-  return { entry: join(dir, 'main.js'), dir }
-}
-
-if (import.meta.main) {
-  let bundle: { entry: string; dir: string }
-  try {
-    bundle = bundleServer()
-  } catch (error) {
-    process.stderr.write(`teable-realtime: ${(error as Error).message}\n`)
-    process.exit(1)
-  }
-  // Its own process group: a terminal's Ctrl-C reaches the server once, through here.
-  // Relative paths (DB_PATH) are read from the caller's directory, as with `bun src/main.ts`.
-  const server = Bun.spawn([process.execPath, bundle.entry], {
-    stdio: ['inherit', 'inherit', 'inherit'],
-    detached: true,
+const dir = mkdtempSync(join(tmpdir(), 'teable-realtime-start-'))
+const removeBundle = () => rmSync(dir, { recursive: true, force: true })
+process.on('exit', removeBundle)
+const build = Bun.spawn(
+  [
+    process.execPath,
+    'build',
+    'src/main.ts',
+    '--target=bun',
+    // Not minified, without a source map: a source map alone costs ~15 MiB
+    // resident; unminified, a stack trace still names the functions.
+    '--splitting',
+    '--outdir',
+    dir,
+  ],
+  { cwd: root, stdout: 'ignore', stderr: 'inherit' },
+)
+// A signal before the server installed its own handlers (during the build
+// or while the bundle loads) stops the start, and the bundle is removed.
+// Once the server's are in place, they alone act.
+const exitCodes = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const
+for (const [signal, code] of Object.entries(exitCodes))
+  process.on(signal, () => {
+    if (process.listenerCount(signal) > 1) return
+    build.kill()
+    process.exit(code)
   })
-  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const)
-    process.on(signal, () => server.kill(signal))
-  const code = await server.exited
-  rmSync(bundle.dir, { recursive: true, force: true })
-  process.exit(server.signalCode ? 128 + constants.signals[server.signalCode] : code)
+const built = await build.exited
+if (built !== 0) {
+  process.stderr.write(`teable-realtime: bundling src/main.ts failed (bun build exited ${built})\n`)
+  process.exit(1)
 }
+// Relative paths (DB_PATH) are read from the caller's directory, as with `bun src/main.ts`.
+await import(join(dir, 'main.js'))
