@@ -6,7 +6,7 @@
  * test` unchanged. Without arguments and with both services, STORE_SUITES
  * then run again with TEST_STORE=postgres and TEST_STORE=cluster. Any
  * failing run fails ours. Which suites need what: needsServices and
- * needsNginx in test/support/services.ts.
+ * NGINX_SUITES in test/support/services.ts.
  */
 
 import { existsSync } from 'node:fs'
@@ -15,7 +15,7 @@ import { Glob } from 'bun'
 import { NGINX } from '../test/support/nginx.ts'
 import {
   missingServices,
-  needsNginx,
+  NGINX_SUITES,
   needsServices,
   STORE_SUITES,
   SUITES_GLOB,
@@ -41,7 +41,7 @@ if (missing !== undefined) {
   if (suites.length > 0) reports.push(`(${missing}): ${suites.join(', ')}`)
 }
 if (!existsSync(NGINX)) {
-  const suites = (await suitesThat((_, source) => needsNginx(source))).filter((s) => !left.has(s))
+  const suites = NGINX_SUITES.filter((suite) => !left.has(suite))
   for (const suite of suites) left.add(suite)
   if (suites.length > 0)
     reports.push(`(nginx not installed at ${NGINX}; Debian: nginx-light): ${suites.join(', ')}`)

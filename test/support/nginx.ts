@@ -310,6 +310,10 @@ async function launch(port: number, upstreams: readonly Upstream[]): Promise<Ngi
  * port of 127.0.0.1: its own prefix directory and config, in the foreground.
  */
 export async function startNginx(upstreams: readonly Upstream[]): Promise<Nginx> {
+  if (!existsSync(NGINX))
+    throw new Error(
+      `nginx is not installed at ${NGINX} (Debian: apt-get install nginx-light); list this suite in NGINX_SUITES (test/support/services.ts)`,
+    )
   for (let attempt = 1; ; attempt++) {
     try {
       return await launch(await freePort(), upstreams)
