@@ -21,7 +21,11 @@ export interface Appended extends Committed {
 }
 
 export interface Batch {
-  /** Appends to the entry's collection stream; fanned out only after the batch commits. */
+  /**
+   * Appends to the entry's collection stream; fanned out only after the
+   * batch commits. `entry` becomes the stored entry (its offset is set on
+   * it): pass a new object each time.
+   */
   append(entry: NewEntry, exclude?: readonly string[]): Appended
 }
 
