@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { chart } from './chart.ts'
-import { fmt, runMeasured, startTarget, table } from './lib.ts'
+import { fmt, recordResult, runMeasured, startTarget, table } from './lib.ts'
 
 interface Result {
   target: string
@@ -117,6 +117,15 @@ const svg = chart(
     { name: 'bare Bun.serve, same frame bytes', color: bareColor, dashed: true, points: [] },
     { name: 'teable-realtime', color: oursColor, points: [] },
   ],
+)
+recordResult(
+  'fanout',
+  Object.fromEntries(
+    measured.flatMap((m) => [
+      [`rate${m.subscribers}`, m.ours.rate / m.bare.rate],
+      [`peakRss${m.subscribers}`, m.ours.rss / m.bare.rss],
+    ]),
+  ),
 )
 if (measured.length > 1) {
   const file = process.env.BENCH_CHART ?? join(import.meta.dir, '..', 'docs', 'bench-fanout.svg')

@@ -1,5 +1,5 @@
 /** Shared bits of the benchmark drivers: child processes and tables. */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -33,6 +33,15 @@ async function* stdoutLines(proc: ReturnType<typeof Bun.spawn>): AsyncGenerator<
     yield* lines
   }
   if (buffered) yield buffered
+}
+
+/**
+ * Keeps a benchmark's figures for the summary `bun run bench` prints last
+ * (bench/all.ts): written to BENCH_RESULTS/<name>.json when that is set.
+ */
+export function recordResult(name: string, figures: Record<string, number>): void {
+  const dir = process.env.BENCH_RESULTS
+  if (dir) writeFileSync(join(dir, `${name}.json`), JSON.stringify(figures))
 }
 
 /** Starts a server process and waits for its JSON "listening" line. */

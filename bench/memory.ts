@@ -6,7 +6,7 @@
  * load client are separate processes.
  */
 import { SignJWT } from 'jose'
-import { type Child, fmt, startTarget, table } from './lib.ts'
+import { type Child, fmt, recordResult, startTarget, table } from './lib.ts'
 
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 10_000)
 /** Seconds the connections are held, idle, before the server's RSS is read. */
@@ -178,4 +178,10 @@ if (import.meta.main) {
     `\nbench:memory — ${fmt(connections)} idle connections, each subscribed to one collection; RSS of the server process before and after. setups/s: connection setup alone (upgrade to our \`connected\` frame; the bare server's first frame), on a fresh server; connect+subscribe/s: as the load client opened the held connections, each waiting for its subscribe reply (the bare server subscribes at open, without a round trip); 500 at a time\n`,
   )
   console.log(memoryTable(results))
+  const [bare, open, token] = results as [MemoryResult, MemoryResult, MemoryResult]
+  recordResult('memory', {
+    openPerConnection: open.perConnectionKiB / bare.perConnectionKiB,
+    tokenPerConnection: token.perConnectionKiB / bare.perConnectionKiB,
+    tokenSetups: token.setupsPerSecond / bare.setupsPerSecond,
+  })
 }

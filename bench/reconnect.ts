@@ -11,7 +11,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type Child, fmt, ourServer, startChild, table } from './lib.ts'
+import { type Child, fmt, ourServer, recordResult, startChild, table } from './lib.ts'
 
 const clients = Number(process.env.BENCH_CLIENTS ?? 5000)
 const collections = Number(process.env.BENCH_COLLECTIONS ?? 50)
@@ -146,4 +146,5 @@ if (import.meta.main) {
     `\nbench:reconnect — ${fmt(clients)} clients on ${collections} collections cut at once (server killed and restarted), ${missed} entries published per collection meanwhile, all reconnect from one address with since; default limits\n`,
   )
   console.log(reconnectTable([result]))
+  recordResult('reconnect', { ms: result.ms, complete: result.complete / clients })
 }

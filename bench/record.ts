@@ -5,7 +5,7 @@
  * each op versioned, applied, stored and fanned out; against bare Bun.serve
  * publishing bodies of the same frame size through the same load client.
  */
-import { fmt, runMeasured, startTarget, table } from './lib.ts'
+import { fmt, recordResult, runMeasured, startTarget, table } from './lib.ts'
 
 const subscribers = process.env.BENCH_SUBSCRIBERS ?? '1000'
 const seconds = process.env.BENCH_SECONDS ?? '5'
@@ -72,3 +72,4 @@ console.log(
     ]),
   ),
 )
+recordResult('record', { rate: ours.rate / bare.rate })
