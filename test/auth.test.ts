@@ -6,7 +6,7 @@ import {
   postJson,
   type ServerMessage,
   spawnServer,
-  startServer,
+  startServerOnTestStore,
   TestClient,
   type TestServer,
   uniqueName,
@@ -34,8 +34,12 @@ function sign(claims: Claims, key: KeyObject | CryptoKey = hsKey, alg = 'HS256')
 }
 
 let server: TestServer
-beforeAll(() => {
-  server = startServer({ AUTH_SECRET: SECRET, HEARTBEAT_INTERVAL: '0.1', CONNECTION_TIMEOUT: '30' })
+beforeAll(async () => {
+  server = await startServerOnTestStore({
+    AUTH_SECRET: SECRET,
+    HEARTBEAT_INTERVAL: '0.1',
+    CONNECTION_TIMEOUT: '30',
+  })
 })
 afterAll(() => server.close())
 
@@ -83,7 +87,7 @@ describe('connection tokens', () => {
   test.each(['RS256', 'ES256'])('%s tokens verify with AUTH_PUBLIC_KEY', async (alg) => {
     const { publicKey, privateKey } = await generateKeyPair(alg)
     const pem = await exportSPKI(publicKey)
-    const own = startServer({ AUTH_PUBLIC_KEY: pem })
+    const own = await startServerOnTestStore({ AUTH_PUBLIC_KEY: pem })
     try {
       const token = await sign({ sub: 'carol' }, privateKey, alg)
       const client = await TestClient.connect(own, { token })
@@ -248,7 +252,7 @@ describe('token expiry', () => {
 
 describe('server API auth', () => {
   test('with ADMIN_TOKEN every REST route needs it; health of the docs stays public', async () => {
-    const own = startServer({ ADMIN_TOKEN: 'admin-token-123' })
+    const own = await startServerOnTestStore({ ADMIN_TOKEN: 'admin-token-123' })
     try {
       for (const path of [
         '/api/ws/stats',
@@ -287,7 +291,7 @@ describe('server API auth', () => {
   })
 
   test('without ADMIN_TOKEN the REST routes answer loopback callers only', async () => {
-    const own = startServer()
+    const own = await startServerOnTestStore()
     try {
       expect((await getJson(own, '/api/ws/stats')).status).toBe(200)
       const remote = await getJson(own, '/api/ws/stats', {

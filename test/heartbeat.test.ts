@@ -3,14 +3,14 @@ import {
   eventually,
   getJson,
   silentSocket,
-  startServer,
+  startServerOnTestStore,
   TestClient,
   type TestServer,
 } from './helpers.ts'
 
 let server: TestServer
-beforeAll(() => {
-  server = startServer({ HEARTBEAT_INTERVAL: '0.1', CONNECTION_TIMEOUT: '0.4' })
+beforeAll(async () => {
+  server = await startServerOnTestStore({ HEARTBEAT_INTERVAL: '0.1', CONNECTION_TIMEOUT: '0.4' })
 })
 afterAll(() => server.close())
 

@@ -133,7 +133,7 @@ export async function withServer(
   env: Env,
   run: (server: TestServer) => Promise<void>,
 ): Promise<void> {
-  const server = startServer(env)
+  const server = await startServerOnTestStore(env)
   try {
     await run(server)
   } finally {

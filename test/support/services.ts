@@ -162,6 +162,7 @@ export const NGINX_SUITES = ['test/cluster-failover.test.ts', 'test/cluster-infr
  * (TEST_STORE=cluster) once the normal run is done.
  */
 export const STORE_SUITES = [
+  'test/auth.test.ts',
   'test/backlog.test.ts',
   'test/client-core.test.ts',
   'test/client-protocol.test.ts',
@@ -169,9 +170,13 @@ export const STORE_SUITES = [
   'test/client-resume.test.ts',
   'test/client-treaty.test.ts',
   'test/documents.test.ts',
+  'test/fuzz.test.ts',
+  'test/heartbeat.test.ts',
   'test/hub.test.ts',
+  'test/limits.test.ts',
   'test/ops.test.ts',
   'test/presence.test.ts',
+  'test/proxy.test.ts',
   'test/replay.test.ts',
   'test/socket.test.ts',
   'test/strict-input.test.ts',
