@@ -51,8 +51,9 @@ export interface Snapshot {
 const DEDUPE_WINDOW = 100
 
 /**
- * The state one change later. Built field by field: a spread of `state` was
- * ~7% of the publish path's CPU (bench:record profile).
+ * The state one change later, built field by field: the object spreads of
+ * the publish path (this one, the appended entry, the commit plan) were
+ * together ~12% of its CPU in a bench:record profile.
  */
 function successor(
   state: DocumentState,
