@@ -141,8 +141,11 @@ export class StreamStore {
   /** The batch committed. */
   committed(): void {
     this.rows += this.order.length
-    for (const collection of this.dirtyHeads)
+    // forEach, not for-of: iterating this Set (cleared after every batch)
+    // with for-of showed as ~6% of bench:record's CPU, forEach as nothing.
+    this.dirtyHeads.forEach((collection) => {
       this.committedHeads.set(collection, this.heads.get(collection) ?? 0)
+    })
     this.end()
   }
 
