@@ -23,6 +23,11 @@ import {
 
 const root = join(import.meta.dir, '..')
 const args = process.argv.slice(2)
+/**
+ * Tests start real servers and processes: 30 s each, not bun's 5 s. Only
+ * the flag sets it (bunfig.toml's [test] has no timeout in Bun 1.3).
+ */
+const TIMEOUT = ['--timeout', '30000']
 
 /** The suites `needs` picks, sorted. */
 async function suitesThat(needs: (path: string, source: string) => boolean): Promise<string[]> {
@@ -57,6 +62,7 @@ const test = Bun.spawn(
     'test',
     // A suite that dies mid-run leaves no nginx or server process behind.
     '--no-orphans',
+    ...TIMEOUT,
     ...[...left].map((path) => `--path-ignore-patterns=${path}`),
     ...args,
   ],
@@ -71,7 +77,7 @@ if (missing === undefined && args.length === 0)
         ? `\nTEST_STORE=postgres: ${STORE_SUITES.length} suites again on PostgreSQL (one process, no Redis)`
         : `\nTEST_STORE=cluster: ${STORE_SUITES.length} suites again on PostgreSQL and Redis (cluster mode, one node)`,
     )
-    const again = Bun.spawn(['bun', 'test', '--no-orphans', ...STORE_SUITES], {
+    const again = Bun.spawn(['bun', 'test', '--no-orphans', ...TIMEOUT, ...STORE_SUITES], {
       cwd: root,
       // Bun reads the flag only at start; deployments on PostgreSQL set it (docs/CLUSTER.md).
       env: { ...process.env, TEST_STORE: store, BUN_FEATURE_FLAG_DISABLE_SQL_AUTO_PIPELINING: '1' },
