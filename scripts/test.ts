@@ -29,11 +29,10 @@ const args = process.argv.slice(2)
  */
 const TIMEOUT = ['--timeout', '30000']
 
-/** The suites `needs` picks, sorted. */
-async function suitesThat(needs: (path: string, source: string) => boolean): Promise<string[]> {
+async function serviceSuites(): Promise<string[]> {
   const suites: string[] = []
   for await (const path of new Glob(SUITES_GLOB).scan({ cwd: root }))
-    if (needs(path, await Bun.file(join(root, path)).text())) suites.push(path)
+    if (needsServices(path, await Bun.file(join(root, path)).text())) suites.push(path)
   return suites.sort()
 }
 
@@ -41,7 +40,7 @@ const missing = await missingServices()
 const reports: string[] = []
 const left = new Set<string>()
 if (missing !== undefined) {
-  const suites = await suitesThat(needsServices)
+  const suites = await serviceSuites()
   for (const suite of suites) left.add(suite)
   if (suites.length > 0) reports.push(`(${missing}): ${suites.join(', ')}`)
 }
