@@ -199,11 +199,14 @@ export class CommitQueue {
         const loaded = this.prepare(tx, jobs)
         const write = () => {
           outcomes = this.runJobs(jobs, batch, appended)
-          const marks = jobs.flatMap((job, i) =>
-            job.marks !== undefined && outcomes[i]?.error === undefined ? job.marks : [],
-          )
           const { entries, heads } = this.streams.plan()
           const plan: CommitPlan = { entries, heads, documents: this.documents.plan() }
+          // A loop, not flatMap: that made an empty array per job (~4% of bench:fanout's CPU).
+          const marks: IntakeMark[] = []
+          jobs.forEach((job, i) => {
+            if (job.marks !== undefined && outcomes[i]?.error === undefined)
+              marks.push(...job.marks)
+          })
           if (marks.length > 0) plan.marks = marks
           return tx.write(plan)
         }

@@ -5,7 +5,7 @@ import { badRequest, ErrorCode, ProtocolError } from '../protocol/errors.ts'
 import { isPromise, type Maybe, type Store, then } from '../store/store.ts'
 import type { CommitQueue } from './commit-queue.ts'
 import type { StreamEntry } from './entry.ts'
-import type { StreamStore } from './stream-store.ts'
+import type { NewEntry, StreamStore } from './stream-store.ts'
 
 /**
  * Where a resuming subscriber's backlog starts: the entries after `after`
@@ -114,19 +114,18 @@ export class Streams {
     if (message === undefined)
       return Promise.reject(badRequest('message is required', { field: 'message' }))
     return this.queue
-      .run({ collection: ref.collection }, (batch) =>
-        batch.append(
-          {
-            collection: ref.collection,
-            ...(ref.document !== undefined ? { document: ref.document } : {}),
-            kind: 'message',
-            payload: message,
-            source: 'server',
-            createdAt: Date.now(),
-          },
-          exclude,
-        ),
-      )
+      .run({ collection: ref.collection }, (batch) => {
+        const entry: NewEntry = {
+          collection: ref.collection,
+          kind: 'message',
+          payload: message,
+          source: 'server',
+          createdAt: Date.now(),
+        }
+        // Set, not spread in: a spread per broadcast showed in bench:fanout's profile.
+        if (ref.document !== undefined) entry.document = ref.document
+        return batch.append(entry, exclude)
+      })
       .then((appended) => ({ offset: appended.entry.offset, delivered: appended.delivered }))
   }
 
