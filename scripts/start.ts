@@ -6,15 +6,33 @@
  * ~0.2 s to make. In this process, not a child: settings, signals, stdio
  * and the exit code are the server's own, and nothing can outlive it. A
  * directory per start, so processes started together never read a bundle
- * another one is writing; removed when the process exits (a SIGKILL leaves
- * it in the temp directory). `bun run dev` runs the source with --watch.
+ * another one is writing; removed when the process exits, or, after a
+ * SIGKILL, by the next start. `bun run dev` runs the source with --watch.
  */
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 const root = join(import.meta.dir, '..')
-const dir = mkdtempSync(join(tmpdir(), 'teable-realtime-start-'))
+const PREFIX = 'teable-realtime-start-'
+
+/** Whether a process with this pid runs (EPERM: it does, as another user). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+// Bundles left by starts that were SIGKILLed (their pid is in the name).
+for (const name of readdirSync(tmpdir())) {
+  const pid = Number(name.slice(PREFIX.length).split('-')[0])
+  if (name.startsWith(PREFIX) && Number.isInteger(pid) && pid > 0 && !alive(pid))
+    rmSync(join(tmpdir(), name), { recursive: true, force: true })
+}
+const dir = mkdtempSync(join(tmpdir(), `${PREFIX}${process.pid}-`))
 const removeBundle = () => rmSync(dir, { recursive: true, force: true })
 process.on('exit', removeBundle)
 const build = Bun.spawn(

@@ -214,18 +214,24 @@ describe('logs', () => {
 })
 
 describe('bun run start', () => {
-  test("runs the bundled server from the caller's directory, stops on SIGTERM and removes its bundle", async () => {
+  test("runs the bundled server from the caller's directory, stops on SIGTERM and removes its bundle and a killed start's", async () => {
     const work = mkdtempSync(join(tmpdir(), 'teable-realtime-start-test-'))
     const bundles = join(work, 'tmp')
     mkdirSync(bundles)
     try {
+      // What a SIGKILLed start leaves: a bundle named with a pid that no longer runs.
+      const gone = Bun.spawn(['true'])
+      await gone.exited
+      mkdirSync(join(bundles, `teable-realtime-start-${gone.pid}-dead`))
       const server = await spawnServer(
         // TMPDIR: where the start script puts its bundle, so the test can see it made and removed.
         { TMPDIR: bundles },
         { argv: ['bun', join(import.meta.dir, '..', 'scripts', 'start.ts')], cwd: work },
       )
       try {
-        expect(readdirSync(bundles)).toHaveLength(1)
+        const made = readdirSync(bundles)
+        expect(made).toHaveLength(1)
+        expect(made[0]).toStartWith(`teable-realtime-start-${server.proc.pid}-`)
         // No DB_PATH: ./data/realtime.db of the directory it was started from.
         expect(statSync(join(work, 'data', 'realtime.db')).size).toBeGreaterThan(0)
         const client = await TestClient.connect(server)
