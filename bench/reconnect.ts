@@ -8,10 +8,10 @@
  * peak RSS. Default limits (CONNECT_RATE_PER_IP included), except
  * MAX_CONNECTIONS_PER_USER is not in play (one user per client).
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type Child, fmt, ourServer, recordResult, startChild, table } from './lib.ts'
+import { type Child, fmt, freePort, ourServer, recordResult, startChild, table } from './lib.ts'
 
 const clients = Number(process.env.BENCH_CLIENTS ?? 5000)
 const collections = Number(process.env.BENCH_COLLECTIONS ?? 50)
@@ -25,16 +25,6 @@ export interface ReconnectResult {
   complete: number
   refused: number
   peakRssMiB: number
-}
-
-const peakRssMiB = (pid: number) =>
-  Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+)/)?.[1] ?? 0) / 1024
-
-async function freePort(): Promise<number> {
-  const probe = Bun.serve({ port: 0, fetch: () => new Response() })
-  const port = probe.port as number
-  probe.stop(true)
-  return port
 }
 
 /** Our server with default limits (as `bun run start`), on the given database and port. */
@@ -72,7 +62,7 @@ async function publish(url: string): Promise<void> {
 export async function measureReconnect(): Promise<ReconnectResult> {
   const dir = mkdtempSync(join(tmpdir(), 'teable-realtime-reconnect-'))
   const dbPath = join(dir, 'bench.db')
-  const port = await freePort()
+  const port = freePort()
   let server = await start(dbPath, port)
   const url = `http://127.0.0.1:${port}`
   const proc = Bun.spawn(
@@ -109,7 +99,7 @@ export async function measureReconnect(): Promise<ReconnectResult> {
     await until(/"ms":/)
     const line = text.split('\n').find((l) => l.includes('"ms":')) as string
     const result = JSON.parse(line) as { ms: number; complete: number; refused: number }
-    return { clients, collections, missed, ...result, peakRssMiB: peakRssMiB(server.proc.pid) }
+    return { clients, collections, missed, ...result, peakRssMiB: await server.peakMiB() }
   } finally {
     proc.kill()
     await server.stop()

@@ -7,6 +7,7 @@ import { createSecretKey } from 'node:crypto'
 import { SignJWT } from 'jose'
 import { type DocEvents, RealtimeClient } from '../src/client/index.ts'
 import {
+  freePort,
   getJson,
   outcome,
   postJson,
@@ -354,9 +355,7 @@ describe('connection', () => {
   })
 
   test('11: an unreachable server is a network error, not a refusal', async () => {
-    const probe = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data() {} } })
-    const port = probe.port
-    probe.stop(true)
+    const port = freePort()
     const client = new RealtimeClient({ url: `ws://127.0.0.1:${port}`, userId: 'nobody' })
     expect((await client.once('disconnected')).reason).toBe('network')
     client.close()

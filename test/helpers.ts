@@ -148,6 +148,14 @@ export const outcome = (promise: Promise<unknown>): Promise<string | number> =>
     (error: { code: string | number }) => error.code,
   )
 
+/** A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick). */
+export function freePort(): number {
+  const listener = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data() {} } })
+  const { port } = listener
+  listener.stop(true)
+  return port
+}
+
 /** Fails the test (instead of hanging it) when a promise does not settle in time. */
 export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined

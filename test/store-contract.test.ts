@@ -13,7 +13,7 @@ import {
   type WriteTransaction,
 } from '../src/store/store.ts'
 import type { EntryKind, StreamEntry } from '../src/streams/entry.ts'
-import { eventually, tempDir, within } from './helpers.ts'
+import { eventually, freePort, tempDir, within } from './helpers.ts'
 import { freshDatabase, requireServices } from './support/services.ts'
 
 const root = join(import.meta.dir, '..')
@@ -716,14 +716,6 @@ for (const subject of [sqlite, postgres]) {
   })
 }
 
-/** A TCP port on 127.0.0.1 that nothing listens on. */
-function closedPort(): number {
-  const listener = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { data() {} } })
-  const { port } = listener
-  listener.stop(true)
-  return port
-}
-
 describe('PostgreSQL store in a cluster', () => {
   let database: Awaited<ReturnType<typeof freshDatabase>>
   let stores: PostgresStore[] = []
@@ -929,7 +921,7 @@ describe('PostgreSQL store in a cluster', () => {
   })
 
   test('isUnavailable: true for a refused connection and a shutdown, false for a bad statement', async () => {
-    const refused = new SQL(`postgres://postgres@127.0.0.1:${closedPort()}/x`, {
+    const refused = new SQL(`postgres://postgres@127.0.0.1:${freePort()}/x`, {
       max: 1,
       connectionTimeout: 1,
     })
@@ -963,7 +955,7 @@ describe('PostgreSQL store in a cluster', () => {
   })
 
   test('a store that cannot connect, or a URL that is not PostgreSQL, fails with a StoreError naming DATABASE_URL', async () => {
-    const refusedUrl = `postgres://postgres:sekret@127.0.0.1:${closedPort()}/x`
+    const refusedUrl = `postgres://postgres:sekret@127.0.0.1:${freePort()}/x`
     for (const url of [refusedUrl, 'not a url', 'mysql://127.0.0.1/x']) {
       const error = await openPostgresStore(url).then(
         () => undefined,

@@ -1,8 +1,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { within } from '../helpers.ts'
+import { freePort, within } from '../helpers.ts'
 
 /** Debian's nginx (package nginx-light), as CI installs it. */
 export const NGINX = '/usr/sbin/nginx'
@@ -144,22 +143,6 @@ export interface Nginx {
   setUpstreams(upstreams: readonly Upstream[]): Promise<void>
   /** Fast shutdown (closes every connection), then removes the prefix. */
   stop(): Promise<void>
-}
-
-/** An ephemeral port nobody listened on a moment ago (nginx binds it next; a race is retried). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() =>
-        typeof address === 'object' && address !== null
-          ? resolve(address.port)
-          : reject(new Error('no port bound')),
-      )
-    })
-  })
 }
 
 /** Lines of a child's output as they come, with a way to await one. */
@@ -316,7 +299,8 @@ export async function startNginx(upstreams: readonly Upstream[]): Promise<Nginx>
     )
   for (let attempt = 1; ; attempt++) {
     try {
-      return await launch(await freePort(), upstreams)
+      // Another process may take the port before nginx binds it: launch retries.
+      return await launch(freePort(), upstreams)
     } catch (error) {
       if (!(error instanceof PortTaken) || attempt === 5) throw error
     }

@@ -1,5 +1,4 @@
-import { createServer } from 'node:net'
-import { within } from '../helpers.ts'
+import { freePort, within } from '../helpers.ts'
 
 /**
  * A Redis of the test's own (a child `redis-server`, nothing saved), that
@@ -14,22 +13,6 @@ export interface RedisServer {
   stop(signal?: NodeJS.Signals): Promise<void>
   /** Starts it again on the same port (empty: nothing was saved); resolves once it accepts connections. */
   start(): Promise<void>
-}
-
-/** An ephemeral port nobody listened on a moment ago. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() =>
-        typeof address === 'object' && address !== null
-          ? resolve(address.port)
-          : reject(new Error('no port bound')),
-      )
-    })
-  })
 }
 
 /** Runs redis-server on `port`; resolves with the process once it logged that it accepts connections. */
@@ -74,7 +57,7 @@ async function spawnRedis(port: number): Promise<ReturnType<typeof Bun.spawn>> {
 
 /** Starts a private redis-server on a free port of 127.0.0.1. */
 export async function startRedisServer(): Promise<RedisServer> {
-  const port = await freePort()
+  const port = freePort()
   let proc: ReturnType<typeof Bun.spawn> | undefined = await spawnRedis(port)
   return {
     port,
