@@ -26,3 +26,17 @@ export class Lua {
 /** Redis' clock in ms, from inside a script. */
 export const NOW_MS =
   "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+/**
+ * Leases (a key holding its holder's id, with a TTL): KEYS[1] the lease,
+ * ARGV[1] the holder. RENEW extends it by ARGV[2] ms while ARGV[1] holds it
+ * (1), else 0; RELEASE deletes it only if ARGV[1] holds it.
+ */
+export const RENEW = new Lua(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`)
+
+export const RELEASE = new Lua(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1`)

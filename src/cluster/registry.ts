@@ -1,7 +1,7 @@
 import type Redis from 'ioredis'
 import { ConfigError } from '../config.ts'
 import type { Logger } from '../observability/logger.ts'
-import { Lua, NOW_MS } from './lua.ts'
+import { Lua, NOW_MS, RELEASE, RENEW } from './lua.ts'
 
 /**
  * Redis keys of the cluster's shared state. One Redis (not Redis Cluster)
@@ -258,15 +258,6 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1])
   if redis.call('HEXISTS', ARGV[2] .. id, ARGV[3]) == 1 then out[#out + 1] = id end
 end
 return out`)
-
-const RENEW = new Lua(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1`)
-
-const RELEASE = new Lua(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1`)
 
 const counterFields = (counters: NodeCounters): Array<string | number> => [
   'connections',

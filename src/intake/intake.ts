@@ -1,5 +1,5 @@
 import type Redis from 'ioredis'
-import { Lua } from '../cluster/lua.ts'
+import { RELEASE, RENEW } from '../cluster/lua.ts'
 import {
   checkBody,
   isPublishRoute,
@@ -95,15 +95,6 @@ interface Item {
 }
 
 type Failure = { item: Item; error: ProtocolError }
-
-const RENEW = new Lua(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1`)
-
-const RELEASE = new Lua(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1`)
 
 const noRoute = () => new ProtocolError(ErrorCode.NotFound, 'no such route')
 
