@@ -4,7 +4,9 @@
  *   closed: every client keeps WINDOW ops in flight (max throughput)
  *   open:   ops are sent on a fixed schedule at RATE ops/s in total
  */
+
 import type { Socket } from 'bun'
+import { offerLoad } from './offered-load.ts'
 import { type Counter, maskedText, openCounted } from './ws-counter.ts'
 
 const [url, mode, clientsArg, secondsArg, rateArg] = process.argv.slice(2)
@@ -116,22 +118,7 @@ async function connect(i: number): Promise<Writer> {
 
 const writers = await Promise.all(Array.from({ length: clients }, (_, i) => connect(i)))
 
-let timer: ReturnType<typeof setInterval> | undefined
-if (mode === 'closed') {
-  for (const writer of writers) for (let k = 0; k < WINDOW; k++) send(writer)
-} else {
-  // Spread sends evenly: every millisecond, send what the schedule says is due.
-  const start = performance.now()
-  let sent = 0
-  let next = 0
-  timer = setInterval(() => {
-    const due = Math.floor(((performance.now() - start) / 1000) * rate)
-    for (; sent < due; sent++) {
-      send(writers[next] as Writer)
-      next = (next + 1) % writers.length
-    }
-  }, 1)
-}
+const stopLoad = offerLoad(writers, send, mode, WINDOW, rate)
 
 await Bun.sleep(WARMUP_MS)
 measuring = true
@@ -142,7 +129,7 @@ const elapsed = (performance.now() - started) / 1000
 measuring = false
 console.log('{"phase":"end"}')
 running = false
-clearInterval(timer)
+stopLoad()
 
 latencies.sort((a, b) => a - b)
 const pct = (p: number) =>
